@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian 12 machine (root): the Debian packages the lab
+# uses, then the Python package with its pinned dependencies (pyproject.toml). Idempotent: packages
+# already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(openssh-server openssh-client iptables iproute2 procps psmisc util-linux kmod time)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "bootstrap: missing Debian packages ${missing[*]}; install them as root" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+# Reinstall only when pyproject.toml changed since the last install (a stamp keyed by its hash).
+stamp_dir=${MLPLAT_CACHE:-$HOME/.cache/mlplat}
+mkdir -p "$stamp_dir"
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$stamp_dir/pip-stamp" 2>/dev/null)" != "$want:$PWD" ] || ! "$PY" -c "import mlplat" 2>/dev/null; then
+  echo "bootstrap: pip install -e '.[test]'"
+  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+  echo "$want:$PWD" > "$stamp_dir/pip-stamp"
+fi
+"$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
+echo "bootstrap: ok"

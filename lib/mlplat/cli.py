@@ -1,0 +1,138 @@
+"""The `mlplat` command: validate params, run phases, list runs, manage the local lab."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_INVALID = 2
+
+
+def _cmd_validate(args) -> int:
+    from .params import ParamsError, read_yaml, validate_data
+
+    try:
+        data = read_yaml(args.params)
+    except ParamsError as e:
+        print(e, file=sys.stderr)
+        return EXIT_INVALID
+    _, problems = validate_data(data, args.params)
+    if problems:
+        print(f"{args.params}: {len(problems)} problem(s)", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{args.params}: ok ({len(data.get('hosts', []))} host(s))")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .params import ParamsError
+    from .runner import RunError, resume, run
+
+    try:
+        if args.resume:
+            rec = resume(args.resume, progress=not args.quiet)
+        else:
+            if not args.params:
+                from .phases.common import default_lab_params
+
+                lab = default_lab_params()
+                if not lab.exists():
+                    print("mlplat run: give --params FILE (or run `mlplat lab up` first)", file=sys.stderr)
+                    return EXIT_INVALID
+                args.params = str(lab)
+            rec = run(args.params, args.mode, only=args.only, start=args.start, phases=args.phases,
+                      progress=not args.quiet)
+    except ParamsError as e:
+        print(e, file=sys.stderr)
+        return EXIT_INVALID
+    except RunError as e:
+        print(f"mlplat run: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0 if rec["status"] == "ok" else 1
+
+
+def _cmd_runs(args) -> int:
+    from .runner import history_table
+
+    df = history_table()
+    print("(no runs yet)" if df.empty else df.to_string(index=False))
+    return 0
+
+
+def _lab_dir(args) -> Path:
+    from .phases.common import default_lab_params
+
+    return Path(args.state_dir) if getattr(args, "state_dir", None) else default_lab_params().parent
+
+
+def _cmd_lab(args) -> int:
+    from . import lab
+
+    state = _lab_dir(args)
+    try:
+        if args.lab_cmd == "up":
+            path = lab.up(state, hosts=args.hosts, cluster=not args.no_cluster)
+            print(f"lab up: params file {path}")
+            print(f"next: mlplat run --params {path}")
+        elif args.lab_cmd == "down":
+            lab.down(state)
+            print("lab down: nothing running, nothing mounted")
+        elif args.lab_cmd == "status":
+            df = lab.status_table(state)
+            print(df.to_string(index=False))
+            return 0 if bool(df["ok"].all()) else 1
+        elif args.lab_cmd == "build":
+            lab.build_binaries(force=args.force)
+    except lab.LabError as e:
+        print(f"mlplat lab {args.lab_cmd}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mlplat", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    v = sub.add_parser("validate", help="check a params file; lists every problem; exit 2 when invalid")
+    v.add_argument("params")
+    v.set_defaults(func=_cmd_validate)
+
+    r = sub.add_parser("run", help="run the phase notebooks with papermill and archive the run")
+    r.add_argument("--params", help="params YAML (default: the lab's, after `mlplat lab up`)")
+    r.add_argument("--mode", choices=["plan", "apply"], default="plan")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--only", help="run one phase (number or name)")
+    g.add_argument("--from", dest="start", help="run from this phase on")
+    g.add_argument("--phases", help="comma-separated phases, e.g. 00,10")
+    g.add_argument("--resume", metavar="RUN_ID", help="continue a failed run from its failed phase")
+    r.add_argument("--quiet", action="store_true", help="no cell progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    h = sub.add_parser("runs", help="list archived runs, newest first")
+    h.set_defaults(func=_cmd_runs)
+
+    lab_p = sub.add_parser("lab", help="the local lab: SSH hosts on loopback and a control plane with KWOK nodes")
+    lab_sub = lab_p.add_subparsers(dest="lab_cmd", required=True)
+    up = lab_sub.add_parser("up", help="start the lab (twice is harmless) and write its params file")
+    up.add_argument("--hosts", type=int, default=int(os.environ.get("MLPLAT_LAB_HOSTS", "2")))
+    up.add_argument("--no-cluster", action="store_true", help="SSH hosts only, no Kubernetes control plane")
+    for p in (up, lab_sub.add_parser("down", help="stop everything; leaves nothing running or mounted"),
+              lab_sub.add_parser("status", help="health of every lab component")):
+        p.add_argument("--state-dir", help="lab state directory (default: .lab in the repository, or $MLPLAT_LAB_DIR)")
+    b = lab_sub.add_parser("build", help="build (or verify the cache of) the lab's Go binaries")
+    b.add_argument("--force", action="store_true")
+    lab_p.set_defaults(func=_cmd_lab)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per phase; each notebook imports its module and nothing deeper."""

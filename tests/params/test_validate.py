@@ -66,7 +66,8 @@ EXPECTED_PATHS = [
 
 
 def test_example_is_valid():
-    p = load_params(EXAMPLE)
+    # the public key files it names live on the operator's machine, not here
+    p = load_params(EXAMPLE, check_files=False)
     assert [h.name for h in p.hosts] == ["gpu01", "gpu02"]
 
 

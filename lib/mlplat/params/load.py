@@ -218,8 +218,12 @@ def _cross_checks(data: dict) -> list[Problem]:
     return out
 
 
-def validate_data(data: dict, source: str = "<params>") -> tuple[Params | None, list[Problem]]:
-    """Validate a parsed mapping. Returns the model (None when invalid) and every problem found."""
+def validate_data(data: dict, source: str = "<params>", check_files: bool = True) -> tuple[Params | None, list[Problem]]:
+    """Validate a parsed mapping. Returns the model (None when invalid) and every problem found.
+
+    `source` (the params file's path) anchors relative paths; `check_files=False` skips reading the
+    files the params name (public keys), for checking a file away from the machine that uses it.
+    """
     problems: list[Problem] = []
     model = None
     try:
@@ -229,6 +233,10 @@ def validate_data(data: dict, source: str = "<params>") -> tuple[Params | None, 
             loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
             problems.append(Problem(_loc_to_path(loc, data), _clean_msg(err), _fix_for(err)))
     problems.extend(_cross_checks(data))
+    from .os_install_checks import params_problems
+
+    base = Path(source).parent if source and not source.startswith("<") else None
+    problems.extend(params_problems(data, base_dir=base, check_files=check_files))
     # The schema and the cross checks can both see one fault; say it once.
     uniq: dict[tuple[str, str], Problem] = {}
     for p in problems:
@@ -237,10 +245,10 @@ def validate_data(data: dict, source: str = "<params>") -> tuple[Params | None, 
     return (model if not problems else None), problems
 
 
-def load_params(path: str | Path) -> Params:
+def load_params(path: str | Path, check_files: bool = True) -> Params:
     """Load and validate a params file; raise :class:`ParamsError` listing all problems."""
     data = read_yaml(path)
-    model, problems = validate_data(data, str(path))
+    model, problems = validate_data(data, str(path), check_files=check_files)
     if problems:
         raise ParamsError(str(path), problems)
     assert model is not None
@@ -265,8 +273,9 @@ def resolve_secret(ref: SecretRef) -> str:
 def secret_values(params: Params) -> list[str]:
     """Resolve every secret reference that can be resolved now (for scrubbing); missing ones skipped."""
     refs = list(params.secrets.values())
-    if params.ssh.sudo_password:
-        refs.append(params.ssh.sudo_password)
+    for ref in (params.ssh.sudo_password, params.os_install.root_password_hash):
+        if ref is not None:
+            refs.append(ref)
     out = []
     for r in refs:
         try:

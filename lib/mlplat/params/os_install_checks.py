@@ -96,9 +96,19 @@ def is_url(v: str | None) -> bool:
     return bool(v) and str(v).startswith(URL_SCHEMES)
 
 
-def read_public_key(path: str) -> str:
-    """The key line(s) of a public key file; raises ValueError with the reason when it is not one."""
+def key_path(path: str, base_dir: str | Path | None = None) -> Path:
+    """A key file's path: `~` expanded; a relative path is taken from `base_dir` (the params file's
+    folder) when given, else from the current directory."""
     p = Path(os.path.expanduser(path))
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    return p
+
+
+def read_public_key(path: str, base_dir: str | Path | None = None) -> str:
+    """The key line(s) of a public key file; raises ValueError with the reason when it is not one
+    (OSError when it cannot be read)."""
+    p = key_path(path, base_dir)
     text = p.read_text()  # OSError propagates: unreadable
     if "PRIVATE KEY" in text:
         raise ValueError("this is a PRIVATE key; name the .pub file (the private key must never leave your machine)")
@@ -116,10 +126,14 @@ def _label(i: int, h: Any) -> str:
     return f"hosts[{i}]" + (f"({name})" if name else "")
 
 
-def params_problems(data: dict, force: bool = False, targets: Iterable[tuple[str, str]] | None = None) -> list:
+def params_problems(data: dict, force: bool = False, targets: Iterable[tuple[str, str]] | None = None,
+                    base_dir: str | Path | None = None, check_files: bool = True) -> list:
     """Problems in a parsed params mapping that would make phase 05 write an invalid or dangerous
     install file. Tolerant of malformed input (the schema reports shapes). Runs only when `data` has
-    an `os_install` section, or with `force=True`. `targets` overrides the OS from `data["os"]`.
+    an `os_install` section, or with `force=True`. `targets` overrides the OS from `data["os"]`;
+    `base_dir` (the params file's folder) anchors relative public-key paths; `check_files=False`
+    skips reading the key files (for checking a params file away from the machine that runs phase 05,
+    e.g. the committed example).
 
     Returns a list of :class:`mlplat.params.load.Problem`, each with key path and fix.
     """
@@ -138,6 +152,10 @@ def params_problems(data: dict, force: bool = False, targets: Iterable[tuple[str
 
     pairs = list(targets) if targets else [(osd.get("distro", "rocky"), str(osd.get("version", "9")))]
     tgts = [resolve_target(d, v) for d, v in pairs]
+    if not targets and not force and all(t.kind is None for t in tgts):
+        # No install file for this OS (e.g. the lab's Debian hosts): phase 05 says so when it runs;
+        # the section's other keys do not matter to anything else.
+        return []
     kinds = {t.kind for t in tgts}
     for t in tgts:
         if t.kind is None:
@@ -178,6 +196,11 @@ def params_problems(data: dict, force: bool = False, targets: Iterable[tuple[str
                            "mirrors.rhel_baseos is set",
                            "set mirrors.rhel_baseos to your mirror's BaseOS URL (e.g. https://mirror/rocky/9/BaseOS/x86_64/os/), "
                            "or os_install.install_source: media when the DVD image is on the boot medium"))
+    base_url = src if is_url(src) else mirrors.get("rhel_baseos")
+    if rhel_modern and is_url(base_url) and not mirrors.get("rhel_appstream") and "BaseOS" not in str(base_url):
+        out.append(Problem("mirrors.rhel_appstream", "not set, and the install source is not a .../BaseOS/... URL "
+                           "it could be derived from; packages host prep needs come from AppStream",
+                           "set mirrors.rhel_appstream to the mirror's AppStream URL (.../AppStream/x86_64/os/)"))
     for key in ("rhel_baseos", "rhel_appstream", "apt"):
         v = mirrors.get(key)
         if v and not is_url(v):
@@ -196,15 +219,15 @@ def params_problems(data: dict, force: bool = False, targets: Iterable[tuple[str
     if not keys:
         out.append(Problem("os_install.authorized_keys", "no SSH public key: root login is by key only, so nobody could log in",
                            "list the path of at least one public key file (e.g. ~/.ssh/id_ed25519.pub)"))
-    elif isinstance(keys, list):
+    elif isinstance(keys, list) and check_files:
         for i, k in enumerate(keys):
             if not isinstance(k, str):
                 continue
             try:
-                read_public_key(k)
+                read_public_key(k, base_dir)
             except OSError as e:
                 out.append(Problem(f"os_install.authorized_keys[{i}]", f"cannot read {k}: {e.strerror or e}",
-                                   "check the path (relative paths are relative to where phase 05 runs); "
+                                   "check the path (a relative path is taken from the params file's folder); "
                                    "the file must be readable by you"))
             except ValueError as e:
                 out.append(Problem(f"os_install.authorized_keys[{i}]", f"{k}: {e}", "name an OpenSSH public key file (.pub)"))

@@ -158,6 +158,7 @@ class Mirrors(Strict):
     kubernetes: Optional[str] = None
     nvidia_cuda: Optional[str] = None
     nvidia_container_toolkit: Optional[str] = None
+    docker: Optional[str] = None
     pip_index: Optional[str] = None
 
 
@@ -169,6 +170,26 @@ class Disk(Strict):
     device: Optional[str] = None
     lv: Optional[str] = None
     grow: bool = True
+
+
+class HostPrep(Strict):
+    """Host preparation choices (phase 10)."""
+
+    selinux: Literal["permissive", "disabled", "keep"] = "permissive"
+    firewall: Literal["open-ports", "disabled", "keep"] = "open-ports"
+    extra_packages: list[str] = []
+
+
+class GPURuntime(Strict):
+    """NVIDIA driver and container runtime choices (phase 20)."""
+
+    cuda_toolkit: bool = False
+    containerd_source: Literal["docker-repo", "distro"] = "docker-repo"
+    nvidia_runtime_default: Literal["gpu-hosts", "all-hosts"] = "gpu-hosts"
+    docker_legacy: bool = False
+    reboot: bool = True
+    reboot_timeout: float = Field(900.0, gt=0)
+    smoke_image: str = "nvcr.io/nvidia/cuda:13.0.0-base-ubuntu24.04"
 
 
 class Versions(Strict):
@@ -292,6 +313,8 @@ class Params(Strict):
     network: Network = Network()
     mirrors: Mirrors = Mirrors()
     disks: list[Disk] = []
+    host_prep: HostPrep = HostPrep()
+    gpu_runtime: GPURuntime = GPURuntime()
     versions: Versions = Versions()
     kubernetes: Kubernetes = Kubernetes()
     istio: Istio = Istio()

@@ -103,10 +103,10 @@ def context(number: str, setup_cell: str = "Setup") -> Context:
             "then run this cell again") from None
 
 
-def finish(number: str) -> Table:
-    """Write the phase verdict (raises PhaseFailed when not ok)."""
+def finish(number: str) -> None:
+    """Write and show the phase verdict (raises PhaseFailed when not ok)."""
     ctx = context(number)
-    return ctx.phase.finish(ctx.run_dir)
+    ctx.phase.finish(ctx.run_dir)
 
 
 def header_table(ctx: Context) -> Table:
@@ -149,8 +149,8 @@ def skeleton(number: str, name: str, steps: list[tuple[str, str, str]]):
         """The steps this phase will run, marked skipped until they are built."""
         return planned(number, steps)
 
-    def finish_() -> Table:
+    def finish_() -> None:
         """Write the verdict."""
-        return finish(number)
+        finish(number)
 
     return setup_, plan_, finish_

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
-
 from ..hosts import HostPool
 from ..hosts.facts import facts_table, gather_facts
 from ..params.versions import check_stack, kubeadm_api_versions, minor, PAUSE_IMAGE
-from ..report import StepResult, Table, failed, results_table
+from ..report import StepResult, Table, failed
 from . import common
 
 NUMBER, NAME = "00", "preflight"
@@ -115,10 +113,10 @@ def compare() -> Table:
     return ctx.phase.record("compare", rows, "Facts against params")
 
 
-def finish() -> Table:
+def finish() -> None:
     """Close the phase: writes the verdict JSON and fails the notebook when a host failed."""
     ctx = _ctx()
     pool = ctx.extra.get("pool")
     if pool is not None:
         pool.close()
-    return common.finish(NUMBER)
+    common.finish(NUMBER)

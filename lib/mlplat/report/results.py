@@ -159,9 +159,10 @@ class Phase:
             "steps": list(self.steps), "duration_s": round(time.time() - self.started, 2),
         }
 
-    def finish(self, run_dir: str | os.PathLike | None = None) -> Table:
+    def finish(self, run_dir: str | os.PathLike | None = None) -> None:
         """Write `verdict-<phase>.json` (into `run_dir`, or $MLPLAT_RUN_DIR, or nowhere), show the
-        verdict table, and raise :class:`PhaseFailed` when the phase is not ok."""
+        verdict table, and raise :class:`PhaseFailed` when the phase is not ok. Returns nothing, so
+        the notebook shows the table once."""
         v = self.verdict()
         target = run_dir or os.environ.get("MLPLAT_RUN_DIR")
         if target:
@@ -181,4 +182,3 @@ class Phase:
                      for f in v["failures"]]
             raise PhaseFailed(f"phase {self.number} {self.name} failed ({len(lines)} failure(s)):\n" + "\n".join(lines))
         print(f"verdict: ok ({v['counts']['changed']} changed, {v['counts']['skipped']} skipped)")
-        return table

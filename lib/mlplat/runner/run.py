@@ -92,8 +92,10 @@ def new_run_id(mode: str) -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{mode}-{_rand.token_hex(2)}"
 
 
-def _scrub_paths(run_dir: Path) -> list[str]:
-    paths = [str(repo_root()), str(Path.home()), str(outputs_dir().resolve()), str(run_dir.resolve())]
+def _scrub_paths(run_dir: Path, params_file: Path) -> list[str]:
+    """Local paths replaced by short placeholders in the archive (papermill records absolute paths)."""
+    paths = [str(repo_root()), str(Path.home()), str(outputs_dir().resolve()), str(run_dir.resolve()),
+             str(params_file.parent), str(notebooks_dir().resolve())]
     return [p for p in paths if p and p != "/"]
 
 
@@ -154,7 +156,7 @@ class Runner:
         run_id = record["run_id"] if record else new_run_id(self.mode)
         run_dir = run_dir or outputs_dir() / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        paths = _scrub_paths(run_dir)
+        paths = _scrub_paths(run_dir, self.params_file)
         rec = record or {
             "run_id": run_id, "params_file": scrub(str(self.params_file), [], paths), "mode": self.mode,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "running",
@@ -162,6 +164,11 @@ class Runner:
         }
         rec["status"] = "running"
         rec.setdefault("resumed", [])
+        # The archive holds no local paths; resume finds the params file through this local note,
+        # kept beside the run folders rather than in them.
+        state = outputs_dir() / ".state"
+        state.mkdir(parents=True, exist_ok=True)
+        _write_json(state / f"{run_id}.json", {"params_file": str(self.params_file)})
         log = logging.getLogger("papermill")
         handler = logging.FileHandler(run_dir / "run.log")
         handler.setFormatter(_ScrubFormatter(secret_list, paths))
@@ -219,7 +226,7 @@ class Runner:
                 entry["hint"] = hint
                 self.say(f"[{i}/{len(selected)}] {nb.stem}: FAILED in {_fmt_s(dur)} at cell {error.cell_index} "
                          f"({entry['failing_cell']['source']})\n    {error.ename}: {evalue}"
-                         + (f"\n    hint: {hint}" if hint else "")
+                         + (f"\n    hint: {hint}" if hint and hint not in evalue else "")
                          + f"\n    notebook: {run_dir / out_nb.name}")
                 log.error("phase %s failed: %s: %s", nb.stem, error.ename, evalue)
                 break
@@ -261,9 +268,11 @@ def resume(run_id: str, progress: bool = True, out=None) -> dict:
     rec = json.loads(rj.read_text())
     if rec.get("status") == "ok":
         raise RunError(f"run {run_id} finished ok; nothing to resume")
-    params_file = rec["params_file"].replace("<" + repo_root().name + ">", str(repo_root()))
-    if params_file.startswith("~"):
-        params_file = os.path.expanduser(params_file)
+    note = outputs_dir() / ".state" / f"{run_id}.json"
+    if not note.exists():
+        raise RunError(f"run {run_id} was made on another machine or its local state is gone; "
+                       "start a new run with --params")
+    params_file = json.loads(note.read_text())["params_file"]
     all_nb = {p.number: p for p in discover()}
     selected = [all_nb[p["number"]] for p in rec["phases"] if p["number"] in all_nb]
     rec["resumed"] = rec.get("resumed", []) + [datetime.now(timezone.utc).isoformat(timespec="seconds")]

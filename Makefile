@@ -13,6 +13,7 @@ bootstrap:
 	@lab/bootstrap.sh
 
 lab-build: bootstrap
+	@echo "lab build: the Go binaries of the lab cluster (cold: about 10 min; cached after)"
 	mlplat lab build
 
 lab-up: bootstrap
@@ -27,5 +28,5 @@ lab-status:
 run: lab-up
 	mlplat run --mode plan
 
-test: bootstrap
+test: bootstrap lab-build
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,368 @@
+"""Build the local lab's binaries from the Go module proxy and cache them outside the repository.
+
+The build manifests are the wrapper modules under ``lab/go/<component>/`` (go.mod + go.sum with
+``tool`` directives; no vendored upstream code). :data:`VERSIONS` is the one list of versions;
+each wrapper's go.mod must agree with it (checked before building). Binaries land in
+``${MLPLAT_CACHE:-~/.cache/mlplat}/bin/<component>-<version>/`` with a ``stamp.json`` and a
+``build.log``; a valid cache (stamp matches the manifest, binaries present, version output right)
+skips the build. Recipe and pitfalls: ``shared/reference/lab-control-plane.md``.
+
+Command line: ``python -m mlplat.lab.build [--force] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+GO_DIR = REPO_ROOT / "lab" / "go"
+
+# Component -> version, the single manifest of the lab's binaries. Checked against the proxy on
+# 2026-11-28 with `go list -m -versions` / `go list -m <mod>@<ver>`:
+# - k8s.io/kubernetes v1.34.4 (served: 1.34.0/2/3/4, 1.35.4, 1.36.1/3, 1.37.2, ...)
+# - go.etcd.io/etcd/server/v3 v3.6.16, the newest 3.6 served (3.6.0 ... 3.6.16, 3.7.0-3)
+# - sigs.k8s.io/kwok v0.8.0 (served: v0.6.1, v0.7.0, v0.8.0)
+# - github.com/kubeflow/training-operator v1.9.4: `-versions` lists only v1.8.1, but v1.9.0-v1.9.4
+#   resolve when asked for by name; v1.9.5 is "not available".
+VERSIONS: dict[str, str] = {
+    "kubernetes": "v1.34.4",
+    "etcd": "v3.6.16",
+    "kwok": "v0.8.0",
+    "training-operator": "v1.9.4",
+}
+
+# Upstream tag time of k8s.io/kubernetes v1.34.4 (`go list -m -json`), stamped as buildDate so
+# that builds are reproducible. The module zip carries no commit, so gitCommit stays unset.
+KUBERNETES_BUILD_DATE = "2026-02-10T12:53:36Z"
+
+Progress = Callable[[str], None]
+
+
+class LabBuildError(RuntimeError):
+    """A lab build failed. ``permanent`` is True when retrying cannot help (e.g. no Go)."""
+
+    def __init__(self, message: str, *, permanent: bool = True):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Component:
+    """One wrapper module under lab/go/ and the binaries built from it."""
+
+    name: str
+    module: str
+    binaries: dict[str, str]  # output file name -> Go main package
+    ldflags: str = "-s -w"
+    tags: str = ""
+    # How to ask each binary its version; None means "read the Go build info" (no version flag).
+    version_args: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return VERSIONS[self.name]
+
+    @property
+    def wrapper(self) -> Path:
+        return GO_DIR / self.name
+
+
+def _kubernetes_ldflags(version: str) -> str:
+    # hack/lib/version.sh stamps both packages; kubeadm (image tags, skew checks) and kwokctl (flag
+    # sets per version: an unstamped v0.0.0 counts as "newest") both read these.
+    major, minor_, _ = version.lstrip("v").split(".")
+    keys = {
+        "gitVersion": version,
+        "gitMajor": major,
+        "gitMinor": minor_,
+        "gitTreeState": "clean",
+        "buildDate": KUBERNETES_BUILD_DATE,
+    }
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
+        flags += [f"-X '{pkg}.{k}={v}'" for k, v in keys.items()]
+    return " ".join(flags)
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component(
+        name="kubernetes",
+        module="k8s.io/kubernetes",
+        binaries={
+            b: f"k8s.io/kubernetes/cmd/{b}"
+            for b in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm", "kubectl")
+        },
+        ldflags=_kubernetes_ldflags(VERSIONS["kubernetes"]),
+        tags="selinux,notest,grpcnotrace",  # as upstream hack/lib/golang.sh
+        version_args={
+            "kube-apiserver": ("--version",),
+            "kube-controller-manager": ("--version",),
+            "kube-scheduler": ("--version",),
+            "kubeadm": ("version", "-o", "short"),
+            "kubectl": ("version", "--client"),
+        },
+    ),
+    Component(
+        name="etcd",
+        module="go.etcd.io/etcd/server/v3",
+        binaries={"etcd": "go.etcd.io/etcd/server/v3"},
+        version_args={"etcd": ("--version",)},
+    ),
+    Component(
+        name="kwok",
+        module="sigs.k8s.io/kwok",
+        binaries={"kwok": "sigs.k8s.io/kwok/cmd/kwok", "kwokctl": "sigs.k8s.io/kwok/cmd/kwokctl"},
+        version_args={"kwok": ("--version",), "kwokctl": ("--version",)},
+    ),
+    Component(
+        name="training-operator",
+        module="github.com/kubeflow/training-operator",
+        binaries={"training-operator.v1": "github.com/kubeflow/training-operator/cmd/training-operator.v1"},
+        version_args={"training-operator.v1": None},
+    ),
+)
+
+
+def cache_root() -> Path:
+    """The cache directory: ``$MLPLAT_CACHE`` or ``~/.cache/mlplat``."""
+    return Path(os.environ.get("MLPLAT_CACHE") or Path.home() / ".cache" / "mlplat")
+
+
+def component_dir(component: Component) -> Path:
+    """Where one component's binaries live: ``<cache>/bin/<component>-<version>/``."""
+    return cache_root() / "bin" / f"{component.name}-{component.version}"
+
+
+def training_operator_crds(binaries: dict[str, Path]) -> Path:
+    """The directory of the training operator's CRDs copied next to its binary at build time."""
+    return binaries["training-operator.v1"].parent / "crds"
+
+
+def _manifest_hash(component: Component) -> str:
+    h = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        h.update((component.wrapper / name).read_bytes())
+    recipe = {"binaries": component.binaries, "ldflags": component.ldflags, "tags": component.tags}
+    h.update(json.dumps(recipe, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _version_ok(component: Component, name: str, path: Path) -> tuple[bool, str]:
+    """Whether a built binary reports the pinned version; returns (ok, what it said)."""
+    want = component.version.lstrip("v")
+    args = component.version_args.get(name, ("--version",))
+    if args is None:
+        # No version flag (training-operator.v1 only parses flags and starts): the Go build info
+        # embedded in every module-mode binary lists the dependency and its version as text.
+        needle = f"\t{component.module}\t{component.version}\t".encode()
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            found = m.find(needle) >= 0
+        return found, f"build info {'lists' if found else 'lacks'} {component.module} {component.version}"
+    try:
+        out = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    text = (out.stdout + out.stderr).strip()
+    return (out.returncode == 0 and want in text), text.splitlines()[0] if text else ""
+
+
+def _cache_valid(component: Component, manifest_hash: str) -> tuple[bool, str]:
+    d = component_dir(component)
+    try:
+        stamp = json.loads((d / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return False, "no stamp"
+    if stamp.get("version") != component.version or stamp.get("manifest") != manifest_hash:
+        return False, "stamp does not match lab/go manifest"
+    for name in component.binaries:
+        path = d / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            return False, f"{name} missing"
+        ok, said = _version_ok(component, name, path)
+        if not ok:
+            return False, f"{name} reports {said!r}, want {component.version}"
+    if component.name == "training-operator" and not any((d / "crds").glob("*.yaml")):
+        return False, "CRDs missing"
+    return True, "ok"
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if not go:
+        raise LabBuildError(
+            "lab build | the Go toolchain is not on PATH: install Go >= 1.26 (the kwok, etcd and "
+            "training-operator modules say `go 1.26.0`) and make the Go module proxy reachable",
+            permanent=True,
+        )
+    return go
+
+
+def _check_wrapper(component: Component) -> None:
+    gomod = component.wrapper / "go.mod"
+    if not gomod.is_file():
+        raise LabBuildError(f"lab build | {gomod} is missing: the lab builds from a source checkout")
+    want = f"{component.module} {component.version}"
+    if not any(line.split("//")[0].strip().endswith(want) for line in gomod.read_text().splitlines()):
+        raise LabBuildError(
+            f"lab build | {gomod} does not require {want}: keep VERSIONS in "
+            f"lib/mlplat/lab/build.py and the wrapper module in step (`go get {component.module}@"
+            f"{component.version}` there, then `go mod tidy`)"
+        )
+
+
+def _peak_rss_mb() -> float:
+    # Largest resident set of any finished child so far (the Go compiler/linker processes).
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def _build_component(component: Component, manifest_hash: str, progress: Progress, t0: float) -> dict:
+    go = _go()
+    final = component_dir(component)
+    work = final.with_name(final.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log_path = work / "build.log"
+    env = dict(os.environ, CGO_ENABLED="0")
+    env["GOFLAGS"] = " ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=readonly"]))
+    seconds: dict[str, float] = {}
+    with log_path.open("w") as log:
+        goversion = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
+        log.write(f"# {component.name} {component.version}  {goversion}\n# wrapper {component.wrapper}\n")
+        for name, pkg in component.binaries.items():
+            cmd = [go, "build", "-trimpath", "-ldflags", component.ldflags, "-o", str(work / name)]
+            if component.tags:
+                cmd += ["-tags", component.tags]
+            cmd.append(pkg)
+            progress(f"lab build | {name} {component.version} | building (total {time.monotonic() - t0:.0f}s)")
+            log.write(f"\n$ CGO_ENABLED=0 GOFLAGS='{env['GOFLAGS']}' {' '.join(cmd)}\n")
+            log.flush()
+            start = time.monotonic()
+            rc = subprocess.run(cmd, cwd=component.wrapper, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            seconds[name] = round(time.monotonic() - start, 1)
+            log.write(f"# rc={rc} {seconds[name]}s peak-rss-so-far={_peak_rss_mb():.0f}MB\n")
+            log.flush()
+            if rc != 0:
+                tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+                raise LabBuildError(
+                    f"lab build | {name} {component.version} | go build failed (rc={rc}); log: {log_path}\n{tail}",
+                    permanent=False,
+                )
+            ok, said = _version_ok(component, name, work / name)
+            if not ok:
+                raise LabBuildError(f"lab build | {name} | built binary reports {said!r}, want {component.version}")
+            progress(
+                f"lab build | {name} {component.version} | built in {seconds[name]:.0f}s "
+                f"(total {time.monotonic() - t0:.0f}s, peak RSS so far {_peak_rss_mb():.0f} MB): {said}"
+            )
+        if component.name == "training-operator":
+            _copy_training_operator_crds(component, work, env, log)
+    stamp = {
+        "component": component.name,
+        "version": component.version,
+        "manifest": manifest_hash,
+        "go": goversion,
+        "seconds": seconds,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (work / "stamp.json").write_text(json.dumps(stamp, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    work.rename(final)
+    return stamp
+
+
+def _copy_training_operator_crds(component: Component, work: Path, env: dict, log) -> None:
+    # The CRDs ship inside the module zip (manifests/base/crds/); copy them next to the binary so
+    # the lab does not depend on the module cache surviving `go clean -modcache`.
+    out = subprocess.run(
+        [_go(), "list", "-m", "-json", component.module],
+        cwd=component.wrapper, env=env, capture_output=True, text=True,
+    )
+    if out.returncode != 0:
+        raise LabBuildError(f"lab build | training-operator CRDs | go list failed: {out.stderr.strip()}")
+    src = Path(json.loads(out.stdout)["Dir"]) / "manifests" / "base" / "crds"
+    dst = work / "crds"
+    dst.mkdir()
+    for f in sorted(src.glob("kubeflow.org_*.yaml")):
+        shutil.copyfile(f, dst / f.name)
+        log.write(f"# copied CRD {f}\n")
+
+
+def ensure_binaries(force: bool = False, progress: Progress = print) -> dict[str, Path]:
+    """Build (or reuse from the cache) every lab binary; return binary name -> absolute path.
+
+    Names: kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm, kubectl, etcd, kwok,
+    kwokctl, training-operator.v1 (its CRDs: :func:`training_operator_crds`). Components build one
+    after the other (the machine has 2 cores); each cached component is checked (stamp matches
+    the lab/go manifest, binaries present, version output right) and skipped when valid, unless
+    ``force``. Raises :class:`LabBuildError` (permanent when Go is missing or a manifest is
+    inconsistent; temporary when ``go build`` fails, e.g. the proxy was unreachable).
+    """
+    t0 = time.monotonic()
+    paths: dict[str, Path] = {}
+    for component in COMPONENTS:
+        _check_wrapper(component)
+    with _cache_lock(progress):
+        for component in COMPONENTS:
+            manifest_hash = _manifest_hash(component)
+            valid, why = (False, "forced") if force else _cache_valid(component, manifest_hash)
+            if valid:
+                progress(f"lab build | {component.name} {component.version} | cached in {component_dir(component)}")
+            else:
+                progress(f"lab build | {component.name} {component.version} | building ({why})")
+                _build_component(component, manifest_hash, progress, t0)
+            for name in component.binaries:
+                paths[name] = component_dir(component) / name
+    progress(f"lab build | done in {time.monotonic() - t0:.1f}s")
+    return paths
+
+
+@contextlib.contextmanager
+def _cache_lock(progress: Progress):
+    # Two callers at once (the CLI and a test session) would build into the same .partial dirs.
+    lock_path = cache_root() / "bin" / ".lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"lab build | waiting for another build holding {lock_path}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mlplat lab build``: build or verify the lab binaries; prints their paths."""
+    parser = argparse.ArgumentParser(prog="mlplat lab build", description=ensure_binaries.__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
+    parser.add_argument("--json", action="store_true", help="print name -> path as JSON on stdout")
+    args = parser.parse_args(argv)
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
+    try:
+        paths = ensure_binaries(force=args.force, progress=log)
+    except LabBuildError as e:
+        print(e, file=sys.stderr)
+        return 2 if e.permanent else 1
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    else:
+        for name, path in paths.items():
+            print(f"{name:24} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 # The two commands in README.md: `make run` (the main job) and `make test` (the whole suite).
 PYTHON ?= python3
-HOSTS ?= 2
+HOSTS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help bootstrap run test lab-up lab-down lab-status lab-build strip
@@ -17,7 +17,7 @@ lab-build: bootstrap
 	mlplat lab build
 
 lab-up: bootstrap
-	mlplat lab up --hosts $(HOSTS)
+	mlplat lab up $(if $(HOSTS),--hosts $(HOSTS),)
 
 lab-down:
 	mlplat lab down

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssh-server openssh-client iptables iproute2 procps psmisc util-linux kmod time)
+APT_PACKAGES=(openssh-server openssh-client iptables iproute2 procps psmisc util-linux kmod time sudo pciutils)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,8 +26,8 @@ stamp_dir=${MLPLAT_CACHE:-$HOME/.cache/mlplat}
 mkdir -p "$stamp_dir"
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp_dir/pip-stamp" 2>/dev/null)" != "$want:$PWD" ] || ! "$PY" -c "import mlplat" 2>/dev/null; then
-  echo "bootstrap: pip install -e '.[test]'"
-  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+  echo "bootstrap: pip install -e '.[test,train]'"
+  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,train]'
   echo "$want:$PWD" > "$stamp_dir/pip-stamp"
 fi
 "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true

@@ -4,6 +4,7 @@ lab_fixtures.py and are imported here so that every test folder can use them."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,34 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def recorded(shared) -> Path:
     return shared / "fixtures" / "recorded"
+
+
+@dataclass
+class FullLab:
+    """A lab as `mlplat lab up` makes it: SSH hosts, the control plane, and its params file."""
+
+    state_dir: Path
+    params: Path
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory) -> FullLab:
+    """The whole lab (2 hosts + cluster) through the same entry point as `mlplat lab up`, in its own
+    state folder and 127.0.x block; taken down at the end of the session."""
+    from lab_fixtures import lab_hosts_unavailable
+
+    reason = lab_hosts_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from mlplat import lab as mlab
+    from mlplat.lab import hosts as lab_hosts
+
+    state = tmp_path_factory.mktemp("full-lab")
+    try:
+        params = mlab.up(state, hosts=2, network=lab_hosts.free_network(2, start=os.getpid() + 97))
+        yield FullLab(state, params)
+    finally:
+        mlab.down(state)
 
 
 try:  # the lab fixtures need root and sshd; without them their tests skip, the rest still runs

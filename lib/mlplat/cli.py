@@ -118,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
     lab_p = sub.add_parser("lab", help="the local lab: SSH hosts on loopback and a control plane with KWOK nodes")
     lab_sub = lab_p.add_subparsers(dest="lab_cmd", required=True)
     up = lab_sub.add_parser("up", help="start the lab (twice is harmless) and write its params file")
-    up.add_argument("--hosts", type=int, default=int(os.environ.get("MLPLAT_LAB_HOSTS", "2")))
+    up.add_argument("--hosts", type=int, default=None,
+                    help="number of lab hosts (default: keep the lab's size; 2 for a new lab)")
     up.add_argument("--no-cluster", action="store_true", help="SSH hosts only, no Kubernetes control plane")
     for p in (up, lab_sub.add_parser("down", help="stop everything; leaves nothing running or mounted"),
               lab_sub.add_parser("status", help="health of every lab component")):

@@ -31,28 +31,28 @@ def _update_params(path: Path, updates: dict) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def up(state_dir: Path, hosts: int = 2, cluster: bool = True) -> Path:
-    """Start `hosts` SSH hosts and (unless `cluster` is False) the control plane with one KWOK node per
-    host. Running it again keeps what runs and starts what is missing. Returns the params file."""
+def up(state_dir: Path, hosts: int | None = None, cluster: bool = True, network: str | None = None) -> Path:
+    """Start `hosts` SSH hosts (None: keep the lab's size, 2 for a new lab) and, unless `cluster` is
+    False, the control plane with one KWOK node per host. Running it again keeps what runs and starts
+    what is missing. `network` picks another 127.0.x block for the hosts (a second lab beside the
+    default one). Returns the params file."""
     from . import hosts as lab_hosts
 
     _require_root()
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        params_path = lab_hosts.up(state_dir, count=hosts)
+        params_path = lab_hosts.up(state_dir, count=hosts, network=network)
     except Exception as e:  # report the failing part by name; details are in the message
         raise LabError(f"lab hosts: {e}") from e
     if cluster:
         from . import cluster as lab_cluster
-        from .build import ensure_binaries
 
         data = yaml.safe_load(params_path.read_text())
         sim = (data.get("lab") or {}).get("simulated_gpus", 4)
         nodes = [{"name": h["name"], "gpus": sim, "roles": h["roles"]} for h in data["hosts"]]
         kubeconfig = state_dir / "kubeconfig"
         try:
-            ensure_binaries()
             lab_cluster.up(state_dir / "cluster", kubeconfig, nodes, logs_file=state_dir / "logs" / "default.log")
         except Exception as e:
             raise LabError(f"lab cluster: {e}") from e

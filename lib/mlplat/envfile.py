@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def render(pyproject: Path = ROOT / "pyproject.toml") -> str:
     data = tomllib.loads(pyproject.read_text())
     proj = data["project"]
-    deps = proj["dependencies"] + proj["optional-dependencies"]["test"]
+    deps = proj["dependencies"] + [d for extra in ("test", "train") for d in proj["optional-dependencies"][extra]]
     py = proj["requires-python"].lstrip(">=")
     lines = ["# Generated from pyproject.toml by `python -m mlplat.envfile`; do not edit by hand.",
              "name: mlplat", "channels:", "  - conda-forge", "dependencies:", f"  - python={py}", "  - pip",

@@ -71,8 +71,9 @@ def _upper_snapshot(state_dir: Path, names: list[str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def lab(lab_hosts, tmp_path_factory):
-    """The session lab with this module's params, the machine's live sysctls restored afterwards
-    (lab hosts share the machine's kernel and network namespace, so sysctl -p there sets them here)."""
+    """The session lab with this module's params. Lab hosts share the machine's kernel, but their
+    /proc/sys is read-only and they cannot load modules: the machine's live sysctls must come out
+    of the phases unchanged (checked at the end; restored regardless, so a failure leaks nothing)."""
     lab_hosts.ensure_up()
     d = yaml.safe_load(Path(lab_hosts.params_path).read_text())
     d["mirrors"] = {"apt": MIRROR}
@@ -84,6 +85,8 @@ def lab(lab_hosts, tmp_path_factory):
     lab_hosts.machine_before = _machine_state()
     try:
         yield lab_hosts
+        after = {k: Path("/proc/sys", k).read_text() for k in saved}
+        assert after == saved, "a lab host changed the machine's own sysctls"
     finally:
         for k, v in saved.items():
             Path("/proc/sys", k).write_text(v)

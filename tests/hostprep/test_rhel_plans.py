@@ -49,6 +49,7 @@ def _common(h: RecordedHost) -> RecordedHost:
 def rocky9():
     h = RecordedHost("rocky9", files={
         "/etc/os-release": recorded("os-release/rocky-9.3.os-release"), "/etc/fstab": FSTAB,
+        "/proc/sys/net/ipv4/ip_forward": "0\n",  # a real server: /proc/sys writable
         "/proc/swaps": PROC_SWAPS, "/etc/selinux/config": SELINUX,
         "/etc/docker/daemon.json": captured("nvidia-ctk/docker-existing.input.json"),
     }, tools={"firewall-cmd", "nmcli", "growpart", "dnf"})
@@ -70,6 +71,7 @@ def rocky9():
 def centos7():
     h = RecordedHost("centos7", files={
         "/etc/os-release": recorded("os-release/centos-7.os-release"), "/etc/fstab": FSTAB,
+        "/proc/sys/net/ipv4/ip_forward": "0\n",  # a real server: /proc/sys writable
         "/proc/swaps": "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n", "/etc/selinux/config": SELINUX,
     }, tools={"firewall-cmd", "growpart", "yum"})
     _common(h)

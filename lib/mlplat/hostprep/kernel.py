@@ -52,7 +52,11 @@ def plan_modules(t: Target) -> Outcome:
     warnings = []
     if missing:
         tree = t.remote.run(f"[ -d /lib/modules/{shlex.quote(t.kernel)} ]").ok
-        if tree:
+        if tree and not _may_load_modules(t):
+            # A container or lab host: the kernel is the machine's, and it is not ours to change.
+            warnings.append(f"cannot load {', '.join(missing)} now: no CAP_SYS_MODULE here (a container or lab "
+                            "host sharing another machine's kernel); the modules-load.d file loads them at boot")
+        elif tree:
             actions += [Run(f"modprobe {m}", f"load {m}") for m in missing]
         else:
             # No module tree for this kernel: a container, or a kernel whose modules are not installed.
@@ -71,9 +75,27 @@ def plan_sysctl(t: Target) -> Outcome:
     actions = file_action(t, SYSCTL_FILE, sysctl_conf())
     current = parse_sysctl(t.remote.run("sysctl " + " ".join(SYSCTLS) + " 2>&1").stdout)
     differ = {k: current.get(k, "(absent)") for k, v in SYSCTLS.items() if current.get(k) != v}
+    warnings = []
+    if differ and not t.remote.run("[ -w /proc/sys/net/ipv4/ip_forward ]").ok:
+        # Read-only /proc/sys: a container or lab host sharing another machine's kernel.
+        warnings.append("cannot set " + ", ".join(differ) + " now: /proc/sys is read-only here (a container or lab "
+                        f"host); {SYSCTL_FILE} applies them at boot")
+        differ = {}
     if differ:
         actions.append(Run(f"sysctl -p {SYSCTL_FILE}",
                            "set " + ", ".join(f"{k}={SYSCTLS[k]} (now {v})" for k, v in differ.items())))
     if not actions:
-        return converged(", ".join(f"{k}={v}" for k, v in SYSCTLS.items()))
-    return Outcome(actions=actions)
+        return converged(f"{SYSCTL_FILE} sets " + ", ".join(f"{k}={v}" for k, v in SYSCTLS.items()), warnings)
+    return Outcome(actions=actions, warnings=warnings)
+
+
+CAP_SYS_MODULE = 16
+
+
+def _may_load_modules(t: Target) -> bool:
+    """Whether this host's processes may load kernel modules (CAP_SYS_MODULE in the bounding set)."""
+    out = t.remote.run("grep '^CapBnd:' /proc/self/status").stdout.split()
+    try:
+        return bool(int(out[-1], 16) >> CAP_SYS_MODULE & 1)
+    except (IndexError, ValueError):
+        return True

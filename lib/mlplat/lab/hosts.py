@@ -375,13 +375,17 @@ def _start_script(state_dir: Path, h: LabHost, all_hosts: list[LabHost]) -> str:
     return f"""set -e
 echo {h.name} > /proc/sys/kernel/hostname
 {_mount_script(hdir, _layers(state_dir) / h.name)}
+# The host shares the machine's kernel: /proc/sys is read-only here and modules cannot be loaded
+# (as in a container), so a phase's `sysctl -p` or `modprobe` cannot change the machine itself.
+mount --bind /proc/sys /proc/sys
+mount -o remount,bind,ro /proc/sys
 echo {h.name} > /etc/hostname
 echo {h.machine_id} > /etc/machine-id
 if [ -f /etc/hosts ]; then sed -i '/# mlplat-lab$/d' /etc/hosts; fi
 cat >> /etc/hosts <<'EOF'
 {hosts_lines}
 EOF
-exec {_sshd()} -D -e -f {MOUNT_POINT}/sshd_config
+exec setpriv --bounding-set -sys_module {_sshd()} -D -e -f {MOUNT_POINT}/sshd_config
 """
 
 

@@ -79,7 +79,11 @@ class Table:
         head = f"<h4>{html.escape(self.title)}</h4>" if self.title else ""
         if self.frame.empty:
             return head + "<p><em>(no rows)</em></p>"
-        styler = self.frame.style.hide(axis="index")
+        # A stable id (pandas picks a random one) keeps re-rendered notebooks diffable.
+        import hashlib
+
+        uid = hashlib.sha1(self.title.encode()).hexdigest()[:8]
+        styler = self.frame.style.hide(axis="index").set_uuid(uid)
         if self.status_col:
             col = self.status_col
             styler = styler.apply(

@@ -1,32 +1,41 @@
 # The two commands in README.md: `make run` (the main job) and `make test` (the whole suite).
 PYTHON ?= python3
+MLPLAT = $(PYTHON) -m mlplat.cli
 HOSTS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap run test lab-up lab-down lab-status lab-build strip
+.PHONY: help bootstrap bootstrap-test run test notebook lab-up lab-down lab-status lab-build strip
 
 help:
 	@echo "make run    bring up the local lab and run every phase against it (plan mode)"
-	@echo "make test   run the whole test suite (unit, lab, notebooks)"
+	@echo "make test   run the whole test suite (unit, lab, notebooks, browser)"
+	@echo "make notebook   JupyterLab on 127.0.0.1 with the mlplat kernel (PARAMS=file, PORT=n; after lab-up: the lab's params)"
 
 bootstrap:
-	@lab/bootstrap.sh
+	@PYTHON=$(PYTHON) lab/bootstrap.sh
+
+# The test suite also needs Debian's Chromium and ChromeDriver (tests/browser).
+bootstrap-test:
+	@PYTHON=$(PYTHON) lab/bootstrap.sh --browser
 
 lab-build: bootstrap
 	@echo "lab build: the Go binaries of the lab cluster (cold: about 10 min; cached after)"
-	mlplat lab build
+	$(MLPLAT) lab build
 
 lab-up: bootstrap
-	mlplat lab up $(if $(HOSTS),--hosts $(HOSTS),)
+	$(MLPLAT) lab up $(if $(HOSTS),--hosts $(HOSTS),)
 
 lab-down:
-	mlplat lab down
+	$(MLPLAT) lab down
 
 lab-status:
-	mlplat lab status
+	$(MLPLAT) lab status
 
 run: lab-up
-	mlplat run --mode plan
+	$(MLPLAT) run --mode plan
 
-test: bootstrap lab-build
+notebook: bootstrap
+	$(MLPLAT) notebook $(if $(PARAMS),--params $(PARAMS),) $(if $(PORT),--port $(PORT),)
+
+test: bootstrap-test lab-build
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian 12 machine (root): the Debian packages the lab
 # uses, then the Python package with its pinned dependencies (pyproject.toml). Idempotent: packages
-# already present are not fetched again.
+# already present are not fetched again. `--browser` (make test) adds Debian's Chromium and its
+# ChromeDriver for the browser tests, so that no browser tool downloads a driver at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(openssh-server openssh-client iptables iproute2 procps psmisc util-linux kmod time sudo pciutils)
+if [ "${1:-}" = "--browser" ]; then
+  APT_PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,10 +29,11 @@ PY=${PYTHON:-python3}
 stamp_dir=${MLPLAT_CACHE:-$HOME/.cache/mlplat}
 mkdir -p "$stamp_dir"
 want=$(sha256sum pyproject.toml | cut -c1-16)
-if [ "$(cat "$stamp_dir/pip-stamp" 2>/dev/null)" != "$want:$PWD" ] || ! "$PY" -c "import mlplat" 2>/dev/null; then
+stamp="$stamp_dir/pip-stamp-$(command -v "$PY" | sha256sum | cut -c1-8)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want:$PWD" ] || ! "$PY" -c "import mlplat" 2>/dev/null; then
   echo "bootstrap: pip install -e '.[test,train]'"
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,train]'
-  echo "$want:$PWD" > "$stamp_dir/pip-stamp"
+  echo "$want:$PWD" > "$stamp"
 fi
 "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
 echo "bootstrap: ok"

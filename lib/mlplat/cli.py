@@ -1,4 +1,5 @@
-"""The `mlplat` command: validate params, run phases, list runs, manage the local lab."""
+"""The `mlplat` command: validate params, run phases, list runs, open the notebooks in JupyterLab,
+manage the local lab."""
 
 from __future__ import annotations
 
@@ -56,11 +57,26 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from .runner import history_table
+    from .runner import history_table, write_index
 
+    if args.html:
+        path = write_index()
+        print(f"run history: {path.resolve().as_uri()}")
+        return 0
     df = history_table()
     print("(no runs yet)" if df.empty else df.to_string(index=False))
     return 0
+
+
+def _cmd_notebook(args) -> int:
+    from .notebook import NotebookError, serve
+
+    try:
+        serve(args.params, args.port, args.notebook_dir)  # execs JupyterLab: returns only on error
+    except NotebookError as e:
+        print(f"mlplat notebook: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    return 1
 
 
 def _lab_dir(args) -> Path:
@@ -113,7 +129,16 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
 
     h = sub.add_parser("runs", help="list archived runs, newest first")
+    h.add_argument("--html", action="store_true",
+                   help="(re)write outputs/index.html, the run history page, and print its file:// URL")
     h.set_defaults(func=_cmd_runs)
+
+    n = sub.add_parser("notebook", help="JupyterLab on 127.0.0.1 with a token, in notebooks/, with the mlplat "
+                                        "kernel and the params file selected; prints the URL")
+    n.add_argument("--params", help="params YAML the notebooks use (default: $MLPLAT_PARAMS, else the lab's)")
+    n.add_argument("--port", type=int, default=8888, help="port on 127.0.0.1 (default: 8888)")
+    n.add_argument("--notebook-dir", help="folder JupyterLab opens (default: the repository's notebooks/)")
+    n.set_defaults(func=_cmd_notebook)
 
     lab_p = sub.add_parser("lab", help="the local lab: SSH hosts on loopback and a control plane with KWOK nodes")
     lab_sub = lab_p.add_subparsers(dest="lab_cmd", required=True)

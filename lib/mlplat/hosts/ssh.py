@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import paramiko
 
 from ..params.load import load_params, resolve_secret
 from ..params.schema import Host, Params, SecretRef
+from ..report.progress import bar as progress_bar
 from ..report.results import StepResult, Table, failed, results_table
 
 DEFAULT_PORT = 22
@@ -357,6 +358,22 @@ def _short(command: str, limit: int = 120) -> str:
 HostFn = Callable[[HostConnection, Host], StepResult | list | None]
 
 
+def _follow(futures, names: list[str], step: str) -> None:
+    """Wait for every host with a progress bar (hosts done of all, and who is still at it): a
+    widget in JupyterLab, text lines in batch runs once the wait is long (report.progress)."""
+    by_future = dict(zip(futures, names))
+    pending = set(futures)
+    # A fan-out nested in another one's worker thread stays quiet: the outer bar tells the story,
+    # and a notebook cell's output belongs to its main thread.
+    quiet = threading.current_thread() is not threading.main_thread()
+    with progress_bar(total=len(futures), desc=step, unit="host", disable=quiet) as bar:
+        while pending:
+            done, pending = wait(pending, timeout=1.0)
+            left = sorted(by_future[f] for f in pending)
+            bar.set_postfix_str(f"waiting for {', '.join(left)}"[:60] if left else "", refresh=False)
+            bar.update(len(done))  # update(0) too: keeps the elapsed time moving while a host is slow
+
+
 class HostPool:
     """Every host of a params file, reachable over SSH in parallel.
 
@@ -433,6 +450,7 @@ class HostPool:
         workers = max(1, min(self.params.ssh.parallel, len(targets)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlplat-ssh") as ex:
             futures = [ex.submit(self._one, fn, step, h) for h in targets]
+            _follow(futures, [h.name for h in targets], step)
             out: list[StepResult] = []
             for f in futures:
                 out.extend(f.result())

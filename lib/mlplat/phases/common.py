@@ -21,6 +21,11 @@ RUN_DIR_ENV = "MLPLAT_RUN_DIR"
 class SetupFirst(RuntimeError):
     """A step cell ran before the notebook's setup cell."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback through library internals: the message is
+        # the whole story (which cell to run first).
+        return [f"\x1b[0;31mSetupFirst\x1b[0m: {self}"]
+
 
 def repo_root() -> Path:
     """The repository root (the directory holding pyproject.toml), for default paths."""
@@ -86,11 +91,25 @@ def setup(number: str, name: str, params_file: str = "", mode: str = "plan", run
         raise ValueError(f"mode must be 'plan' or 'apply', not {mode!r}")
     path = find_params_file(params_file)
     params = load_params(path)
+    _close(_CONTEXTS.pop(number, None))
     rd = run_dir or os.environ.get(RUN_DIR_ENV) or ""
     ctx = Context(params=params, params_path=path, phase=Phase(number, name, mode),
                   run_dir=Path(rd) if rd else None, confirm=bool(confirm or params.confirm))
     _CONTEXTS[number] = ctx
     return ctx
+
+
+def _close(ctx: Context | None) -> None:
+    """Close the SSH connections an earlier run of the setup cell opened, so that running it again
+    in JupyterLab leaks none. (Only host pools: other objects may be shared, e.g. cached clients.)"""
+    from ..hosts import HostPool
+
+    for v in (ctx.extra.values() if ctx else ()):
+        if isinstance(v, HostPool):
+            try:
+                v.close()
+            except Exception:  # closing a stale connection must not stop the new setup
+                pass
 
 
 def context(number: str, setup_cell: str = "Setup") -> Context:

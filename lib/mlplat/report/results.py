@@ -83,7 +83,8 @@ class Table:
         import hashlib
 
         uid = hashlib.sha1(self.title.encode()).hexdigest()[:8]
-        styler = self.frame.style.hide(axis="index").set_uuid(uid)
+        # Two decimals: durations and sizes, not pandas' six-digit default.
+        styler = self.frame.style.hide(axis="index").set_uuid(uid).format(precision=2)
         if self.status_col:
             col = self.status_col
             styler = styler.apply(

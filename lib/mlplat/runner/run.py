@@ -24,6 +24,20 @@ NOTEBOOK_RX = re.compile(r"^(\d\d)_([a-z0-9_]+)\.ipynb$")
 EXPLICIT_ONLY = {"99"}
 
 
+def _ipc_kernel_manager():
+    """A kernel manager that talks to the kernel over IPC sockets in a private runtime folder
+    instead of loopback TCP: no port another local user could reach, and no ipykernel warning
+    about unencrypted TCP in every run's output."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+
+    return IPCKernelManager
+
+
 class RunError(Exception):
     """A run could not start (bad selection, unknown run id...); nothing was executed."""
 
@@ -131,6 +145,16 @@ def _html(nb_path: Path, html_path: Path) -> None:
     html_path.write_text(body)
 
 
+def _write_index(say) -> None:
+    """outputs/index.html, the run history page; a run never fails for want of it."""
+    from .history_page import write_index
+
+    try:
+        write_index(outputs_dir())
+    except OSError as e:
+        say(f"warning: run history page not written: {e}")
+
+
 def _fmt_s(s: float) -> str:
     return f"{s:.1f}s" if s < 120 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -196,7 +220,8 @@ class Runner:
                     pm.execute_notebook(str(nb.path), str(out_nb),
                                         parameters={k: v for k, v in values.items() if k in declared},
                                         cwd=str(nb.path.parent), progress_bar=self.progress, log_output=True,
-                                        kernel_name="python3", request_save_on_cell_execute=True)
+                                        kernel_name="python3", request_save_on_cell_execute=True,
+                                        kernel_manager_class=_ipc_kernel_manager())
                 except pm.PapermillExecutionError as e:
                     error = e
                 dur = time.monotonic() - t0
@@ -240,6 +265,7 @@ class Runner:
             rec["duration_s"] = round(rec.get("duration_s", 0) + time.monotonic() - t_run, 1)
             _write_json(run_dir / "run.json", rec)
             _scrub_file(run_dir / "run.json", secret_list, paths)
+            _write_index(self.say)
             log.removeHandler(handler)
             handler.close()
             if env_before is None:

@@ -1,5 +1,5 @@
 """Integration tests of the lab cluster: real etcd, API server, controllers and scheduler, KWOK nodes,
-and the real Kubeflow training operator. No mocks.
+and the real Kubeflow training operator, in the lab's loopback-only network namespace. No mocks.
 
 The binaries come from :func:`mlplat.lab.build.ensure_binaries` (a cache hit once built; a cold
 build takes about 10 minutes on 2 cores). The first tests need neither binaries nor a cluster.
@@ -7,10 +7,17 @@ build takes about 10 minutes on 2 cores). The first tests need neither binaries 
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +38,7 @@ TEST_LABEL = {"mlplat.io/test": f"lab-cluster-{SUFFIX}"}
 @pytest.fixture(scope="session")
 def binaries() -> dict[str, Path]:
     if os.geteuid() != 0:
-        pytest.skip("the lab cluster needs root (namespaces for the training operator)")
+        pytest.skip("the lab cluster needs root (its network namespace, the operator's mount namespace)")
     if shutil.which("go") is None:
         try:
             return build.ensure_binaries(progress=lambda s: None)
@@ -50,11 +57,14 @@ def lab(binaries, tmp_path_factory):
     except BaseException:
         cluster.down(state)  # pytest deletes old temp dirs, pid files included: never leave processes
         raise
-    pids = _lab_pids(info)
+    pids = _lab_pids(info) + [_forwarder_pid(info)]
+    netns = cluster.netns_path(state)
+    ident = _ns_ident(netns)
     yield info
     cluster.down(state)
     alive = [p for p in pids if cluster._process_alive(p)]
     assert not alive, f"processes left after down: {alive}"
+    _assert_no_namespace_left(netns, ident)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +87,58 @@ def namespace(api):
 
 def _lab_pids(info: cluster.ClusterInfo) -> list[int]:
     return [c["pid"] for c in cluster._components(info.cluster_dir).values() if c["pid"]]
+
+
+def _forwarder_pid(info: cluster.ClusterInfo) -> int:
+    return int((info.state_dir / "apiserver-forwarder.pid").read_text())
+
+
+def _ns_ident(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _net_ns_of(pid: int) -> tuple[int, int]:
+    return _ns_ident(Path(f"/proc/{pid}/ns/net"))
+
+
+def _assert_no_namespace_left(netns: Path, ident: tuple[int, int]) -> None:
+    """No file, no mount, no process in it: the namespace is gone."""
+    assert not netns.exists(), f"{netns} left after down"
+    assert str(netns) not in Path("/proc/self/mountinfo").read_text(), "netns still mounted"
+    inside = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if _net_ns_of(int(d.name)) == ident:
+                    inside.append(int(d.name))
+            except OSError:
+                pass
+    assert not inside, f"processes still in the lab's network namespace: {inside}"
+
+
+def _root_listeners() -> list[tuple[str, int]]:
+    """(local address, pid) of every TCP listener in the machine's (this process's) network namespace."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        local = line.split()[3]
+        for pid in re.findall(r"pid=(\d+)", line):
+            rows.append((local, int(pid)))
+    return rows
+
+
+def _in_netns(lab, *argv: str) -> subprocess.CompletedProcess:
+    proc = cluster.netns_popen(lab.state_dir, list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+def _out_no_routes(pid: int) -> int:
+    """The kernel's Ip OutNoRoutes counter of ``pid``'s network namespace (packets not sent: no route)."""
+    head, values = [line.split() for line in Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
+                    if line.startswith("Ip:")][:2]
+    return int(values[head.index("OutNoRoutes")])
 
 
 def _wait(what, check, timeout=90, interval=0.5):
@@ -155,6 +217,35 @@ def test_pod_log_files_are_written_in_cri_format(tmp_path):
     assert [line.split(" ", 3)[1:] for line in lines] == [["stdout", "F", "one"], ["stdout", "F", "two"]]
     manifest = cluster.pod_logs_manifest("ns", "pod-1", path)
     assert manifest["kind"] == "Logs" and manifest["metadata"] == {"name": "pod-1", "namespace": "ns"}
+
+
+def test_the_lab_namespace_has_only_loopback_and_goes_away(tmp_path):
+    """The namespace on its own (root only, no binaries): only lo, no route beyond loopback, a
+    process started in it lives there, and deleting it leaves no file, mount or process."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    p = cluster._paths(tmp_path)
+    with pytest.raises(cluster.LabClusterError, match="run lab up"):
+        cluster.netns_popen(tmp_path, ["true"])
+    cluster._create_netns(p["netns"])
+    try:
+        assert cluster._netns_mounted(p["netns"])
+        ident = _ns_ident(p["netns"])
+        assert cluster._on_netns_thread(p["netns"], cluster._links_here) == ["lo"]
+        assert cluster._on_netns_thread(p["netns"], cluster._unreachable_here) == "ENETUNREACH"
+        proc = cluster.netns_popen(tmp_path, ["sleep", "600"])
+        # (until nsenter has joined the namespace and exec'd, the child is still in the machine's)
+        _wait("sleep to run in the namespace", lambda: cluster._cmdline(proc.pid)[:1] == ["sleep"], timeout=10, interval=0.05)
+        assert _net_ns_of(proc.pid) == ident and cluster._netns_pids(p["netns"]) == [proc.pid]
+        with pytest.raises(FileNotFoundError):
+            cluster.netns_popen(tmp_path, ["no-such-command-here"])
+        cluster._create_netns(p["netns"])  # again: the same namespace
+        assert _ns_ident(p["netns"]) == ident
+        assert cluster._stop_netns_processes(p, progress=lambda s: None) == []
+        proc.wait(5)
+    finally:
+        cluster._delete_netns(p["netns"])
+    _assert_no_namespace_left(p["netns"], ident)
 
 
 @pytest.mark.lab_cluster
@@ -277,6 +368,304 @@ def test_nothing_listens_beyond_loopback(lab):
     assert not bad, f"listening beyond loopback: {bad}"
 
 
+@pytest.mark.lab_cluster
+def test_control_plane_runs_in_a_loopback_only_namespace(lab):
+    netns = cluster.netns_path(lab.state_dir)
+    ident = _ns_ident(netns)
+    assert ident != _net_ns_of(os.getpid()), "the lab's namespace is not the machine's"
+    pids = _lab_pids(lab) + [_forwarder_pid(lab)]
+    assert {p: _net_ns_of(p) for p in pids} == {p: ident for p in pids}
+    # Nothing in it but the loopback, and no route anywhere: route lookups (they send nothing) and
+    # a real connect() to the Service range fail at once, locally.
+    links = _in_netns(lab, "ip", "-o", "link", "show")
+    assert links.returncode == 0 and [line.split(":")[1].strip() for line in links.stdout.splitlines()] == ["lo"]
+    gateway = subprocess.run(["ip", "route", "show", "default"], capture_output=True, text=True,
+                             check=False).stdout.split()
+    for addr in ["10.0.0.1", "10.244.0.5", "1.1.1.1", *gateway[2:3]]:
+        got = _in_netns(lab, "ip", "route", "get", addr)
+        assert got.returncode != 0 and "unreachable" in got.stdout.lower(), (addr, got.stdout)
+    probe = _in_netns(lab, sys.executable, "-c", textwrap.dedent("""
+        import errno, socket
+        s = socket.socket(); s.settimeout(5)
+        try:
+            s.connect(("10.0.0.1", 443)); print("connected")
+        except OSError as e:
+            print(errno.errorcode[e.errno])
+        """))
+    assert probe.stdout.strip() == "ENETUNREACH", probe.stdout
+    status = {r["component"]: r for r in cluster.status(lab.state_dir)}
+    assert status["network-namespace"]["ok"] and status["apiserver-forwarder"]["ok"], status
+
+
+@pytest.mark.lab_cluster
+def test_the_machine_sees_only_the_forwarder_on_loopback(lab):
+    forwarder = _forwarder_pid(lab)
+    lab_pids = set(_lab_pids(lab)) | {forwarder} | set(cluster._netns_pids(cluster.netns_path(lab.state_dir)))
+    mine = [(addr, pid) for addr, pid in _root_listeners() if pid in lab_pids]
+    port = lab.ports["kube-apiserver"]
+    assert mine == [(f"127.0.0.1:{port}", forwarder)], mine
+    assert lab.server == f"https://127.0.0.1:{port}"
+    # Inside, everything is on the lab's loopback too (the training operator's webhook port aside,
+    # which listens on all interfaces of the namespace, i.e. its lo: see the operator test).
+    inside = [line.split()[3] for line in _in_netns(lab, "ss", "-ltnH").stdout.splitlines() if line.strip()]
+    assert inside and all(a.startswith("127.0.0.1:") or a.endswith(":9443") for a in inside), inside
+
+
+def _webhook_config(name: str, namespace: str, client_config: dict, timeout: int = 10) -> dict:
+    """A ValidatingWebhookConfiguration for ConfigMap creates in ``namespace`` only (failurePolicy Fail)."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": TEST_LABEL},
+        "webhooks": [{
+            "name": f"{name}.lab.mlplat.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": timeout,
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["configmaps"]}],
+            "clientConfig": client_config,
+        }],
+    }
+
+
+def _create_configmap(api, namespace: str, labels: dict | None = None) -> tuple[bool, str, float]:
+    """Create a ConfigMap; (created, error message, seconds taken)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(generate_name="cm-", labels=labels), data={"a": "b"})
+    t0 = time.monotonic()
+    try:
+        client.CoreV1Api(api).create_namespaced_config_map(namespace, body)
+        return True, "", time.monotonic() - t0
+    except ApiException as e:
+        try:
+            message = json.loads(e.body)["message"]
+        except (TypeError, ValueError, KeyError):
+            message = str(e)
+        return False, message, time.monotonic() - t0
+
+
+def _refused_once_active(api, namespace: str, timeout: float = 30) -> tuple[str, float]:
+    """Creates until the webhook (just registered; the API server learns of it within a moment)
+    refuses one; returns that error and how long the refused call took."""
+    def attempt():
+        ok, message, took = _create_configmap(api, namespace)
+        return None if ok else (message, took)
+
+    return _wait("the webhook to be called", attempt, timeout=timeout, interval=0.2)
+
+
+@pytest.fixture
+def webhooks(api):
+    """Register webhook configurations through this; all are deleted afterwards."""
+    from kubernetes import client, utils
+    from kubernetes.client.rest import ApiException
+
+    names = []
+
+    def register(config: dict) -> None:
+        utils.create_from_dict(api, config)
+        names.append(config["metadata"]["name"])
+
+    yield register
+    adm = client.AdmissionregistrationV1Api(api)
+    for name in names:
+        try:
+            adm.delete_validating_webhook_configuration(name)
+        except ApiException as e:
+            if e.status != 404:  # a test may have deleted it already
+                raise
+
+
+@pytest.mark.lab_cluster
+def test_webhooks_on_service_ips_fail_fast_and_send_nothing(lab, api, namespace, webhooks):
+    from kubernetes import client
+
+    apiserver = next(c["pid"] for n, c in cluster._components(lab.cluster_dir).items() if n == "kube-apiserver")
+    before = _out_no_routes(apiserver)
+    # A Service that exists: the API server dials its ClusterIP (10.0.0.0/24), which has no route.
+    svc = client.CoreV1Api(api).create_namespaced_service(namespace, client.V1Service(
+        metadata=client.V1ObjectMeta(name="backend"),
+        spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=443, target_port=8443)])))
+    cluster_ip = svc.spec.cluster_ip
+    assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network("10.0.0.0/8")
+    webhooks(_webhook_config(f"svc-{SUFFIX}", namespace,
+                             {"service": {"name": "backend", "namespace": namespace, "port": 443}}))
+    message, took = _refused_once_active(api, namespace)
+    assert f"dial tcp {cluster_ip}:443: connect: network is unreachable" in message, message
+    assert took < 3, f"refused after {took:.1f}s: not fast"
+    # The kernel dropped it for lack of a route (counted in the lab namespace), nothing was sent.
+    assert _out_no_routes(apiserver) > before
+    links = Path(f"/proc/{apiserver}/net/dev").read_text().splitlines()[2:]
+    assert [line.split(":")[0].strip() for line in links] == ["lo"]
+
+
+@pytest.mark.lab_cluster
+def test_webhooks_on_missing_services_and_remote_urls_fail(lab, api, namespace, webhooks):
+    webhooks(_webhook_config(f"nosvc-{SUFFIX}", namespace,
+                             {"service": {"name": "nowhere", "namespace": namespace, "port": 443}}))
+    message, _ = _refused_once_active(api, namespace)
+    assert 'service "nowhere" not found' in message, message
+    from kubernetes import client
+
+    client.AdmissionregistrationV1Api(api).delete_validating_webhook_configuration(f"nosvc-{SUFFIX}")
+    _wait("the first webhook to be gone", lambda: _create_configmap(api, namespace)[0], timeout=30)
+    webhooks(_webhook_config(f"url-{SUFFIX}", namespace, {"url": "https://10.0.0.77:8443/validate"}))
+    message, took = _refused_once_active(api, namespace)
+    assert "dial tcp 10.0.0.77:8443: connect: network is unreachable" in message, message
+    assert took < 3
+
+
+BACKEND = textwrap.dedent('''
+    """A validating webhook backend: allows every object but those labelled deny=yes."""
+    import http.server, json, ssl, sys
+
+    port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            labels = review["request"]["object"]["metadata"].get("labels") or {}
+            allowed = labels.get("deny") != "yes"
+            response = {"uid": review["request"]["uid"], "allowed": allowed}
+            if not allowed:
+                response["status"] = {"code": 403, "message": "denied by the lab backend"}
+            body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                               "response": response}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    print("listening", flush=True)
+    server.serve_forever()
+''')
+
+
+def _serving_cert(dir_: Path) -> tuple[Path, Path, bytes]:
+    """A self-signed serving certificate for IP 127.0.0.1; (cert, key, CA bundle PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lab-webhook")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (dir_ / "tls.crt").write_bytes(pem)
+    (dir_ / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    return dir_ / "tls.crt", dir_ / "tls.key", pem
+
+
+@pytest.mark.lab_cluster
+def test_url_webhook_with_a_backend_in_the_lab_namespace(lab, api, namespace, webhooks, tmp_path):
+    """The pattern of the module docstring: the backend is not up yet (creates refused), then comes
+    up inside the lab namespace on 127.0.0.1 (creates allowed or denied as it says)."""
+    cert, key, ca = _serving_cert(tmp_path)
+    (tmp_path / "backend.py").write_text(BACKEND)
+    used = set(lab.ports.values())
+    port = next(p for p in range(24000, 25000) if p not in used)
+    webhooks(_webhook_config(f"backend-{SUFFIX}", namespace, {
+        "url": f"https://127.0.0.1:{port}/validate", "caBundle": base64.b64encode(ca).decode()}))
+    message, took = _refused_once_active(api, namespace)
+    assert f"dial tcp 127.0.0.1:{port}: connect: connection refused" in message, message
+    assert took < 3
+
+    backend = cluster.netns_popen(lab.state_dir, [sys.executable, str(tmp_path / "backend.py"), str(port),
+                                                  str(cert), str(key)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert backend.stdout.readline().strip() == "listening"
+        assert _net_ns_of(backend.pid) == _ns_ident(cluster.netns_path(lab.state_dir))
+        # Not on the machine's loopback: only inside the lab namespace.
+        assert not [a for a, pid in _root_listeners() if pid == backend.pid]
+        ok, message, _ = _create_configmap(api, namespace)
+        assert ok, message
+        ok, message, _ = _create_configmap(api, namespace, labels={"deny": "yes"})
+        assert not ok and "denied the request: denied by the lab backend" in message, message
+    finally:
+        backend.terminate()
+        backend.communicate(timeout=10)
+
+
+@pytest.mark.lab_cluster
+def test_second_cluster_up_again_restarts_and_down_leave_nothing(binaries, tmp_path, lab):
+    """A second cluster next to the module's (its own namespace, its own port); ``up`` again
+    reuses it, a dead forwarder alone is restarted, a "rebooted" cluster is restarted in a new
+    namespace, and ``down`` leaves no process, no forwarder, no mount, no namespace, even with a
+    stray process started inside."""
+    state = tmp_path / "second"
+    nodes = [{"name": f"second-{SUFFIX}", "gpus": 1, "roles": ["worker"]}]
+    try:
+        info = cluster.up(state, state / "kubeconfig", nodes, binaries=binaries, progress=lambda s: None)
+        assert info.server != lab.server
+        netns = cluster.netns_path(state)
+        ident = _ns_ident(netns)
+        assert ident != _ns_ident(cluster.netns_path(lab.state_dir))
+        forwarder = _forwarder_pid(info)
+        stray = cluster.netns_popen(state, ["sleep", "600"])
+        _wait("sleep to run in the namespace", lambda: cluster._cmdline(stray.pid)[:1] == ["sleep"], timeout=10,
+              interval=0.05)
+        again = cluster.up(state, state / "kubeconfig", nodes, binaries=binaries, progress=lambda s: None)
+        assert again.reused and _lab_pids(again) == _lab_pids(info) and _forwarder_pid(again) == forwarder
+
+        cluster._terminate(forwarder, "forward-apiserver")
+        rows = {r["component"]: r for r in cluster.status(state)}
+        assert not rows["apiserver-forwarder"]["ok"] and rows["kube-apiserver"]["ok"]
+        third = cluster.up(state, state / "kubeconfig", nodes, binaries=binaries, progress=lambda s: None)
+        assert third.reused and _lab_pids(third) == _lab_pids(info)
+        assert _forwarder_pid(third) != forwarder and third.server == info.server
+        assert _kubectl(third, "get", "nodes", "-o", "name").stdout.split() == [f"node/second-{SUFFIX}"]
+        pids = _lab_pids(third) + [_forwarder_pid(third), stray.pid]
+
+        # A reboot: every process gone and the namespace unmounted (its file stays). `up` restarts
+        # the cluster in a new namespace, on the same port, with its data.
+        for pid in cluster._netns_pids(netns):
+            os.kill(pid, signal.SIGKILL)
+        _wait("the lab's processes to die", lambda: not cluster._netns_pids(netns), timeout=20, interval=0.1)
+        cluster._delete_netns(netns)
+        netns.touch()
+        # ... and made by a version of the lab without a namespace: no --advertise-address saved.
+        saved = third.cluster_dir / "kwok.yaml"
+        saved.write_text(re.sub(r"\n *- --advertise-address=127\.0\.0\.1(?=\n)", "", saved.read_text()))
+        assert "--advertise-address" not in saved.read_text()
+        assert not any(r["ok"] for r in cluster.status(state))
+        fourth = cluster.up(state, state / "kubeconfig", nodes, binaries=binaries, progress=lambda s: None)
+        assert not fourth.reused and fourth.server == info.server
+        ident = _ns_ident(netns)
+        assert all(_net_ns_of(pid) == ident for pid in _lab_pids(fourth) + [_forwarder_pid(fourth)])
+        assert _kubectl(fourth, "get", "nodes", "-o", "name").stdout.split() == [f"node/second-{SUFFIX}"]
+        stray = cluster.netns_popen(state, ["sleep", "600"])  # left for down to stop
+        _wait("sleep to run in the namespace", lambda: cluster._cmdline(stray.pid)[:1] == ["sleep"], timeout=10,
+              interval=0.05)
+        pids += _lab_pids(fourth) + [_forwarder_pid(fourth), stray.pid]
+    finally:
+        cluster.down(state, progress=lambda s: None)
+    stray.wait(10)
+    assert not [p for p in pids if cluster._process_alive(p)]
+    _assert_no_namespace_left(netns, ident)
+    assert not [a for a, pid in _root_listeners() if pid in pids]
+    assert {r["component"]: r["ok"] for r in cluster.status(state)} == {
+        "network-namespace": False, **{c: False for c in cluster.COMPONENTS}, "apiserver-forwarder": False}
+    with pytest.raises(cluster.LabClusterError, match="run lab up"):
+        cluster.netns_popen(state, ["true"])
+    cluster.down(state, progress=lambda s: None)  # twice is harmless
+
+
 @pytest.fixture(scope="module")
 def operator(lab, binaries):
     info = cluster.start_training_operator(lab.state_dir, lab.kubeconfig, binaries=binaries)
@@ -287,13 +676,16 @@ def operator(lab, binaries):
 
 
 @pytest.mark.lab_cluster
-def test_training_operator_listens_only_on_loopback(lab, binaries, operator):
+def test_training_operator_runs_in_the_lab_namespace(lab, binaries, operator):
     rows = {r["component"]: r for r in cluster.status(lab.state_dir)}
     assert rows["training-operator"]["ok"], rows["training-operator"]
-    # The supervisor's forwarders sit in the machine's network namespace: loopback only.
-    forwarders = _listening_sockets(operator["supervisor_pid"])
-    assert forwarders == [f"127.0.0.1:{operator['probe_port']}"]
-    # The operator's webhook listens on all interfaces of its private namespace, which has only lo.
+    ident = _ns_ident(cluster.netns_path(lab.state_dir))
+    assert _net_ns_of(operator["pid"]) == ident and _net_ns_of(operator["supervisor_pid"]) == ident
+    # Nothing of it on the machine's network: no listener there at all.
+    assert not [a for a, pid in _root_listeners() if pid in (operator["pid"], operator["supervisor_pid"])]
+    # Its health port is on the lab's loopback; its webhook listens on all interfaces of the lab
+    # namespace, which has only lo.
+    assert f"127.0.0.1:{operator['probe_port']}" in _listening_sockets(operator["pid"])
     links = Path(f"/proc/{operator['pid']}/net/dev").read_text().split("\n")[2:]
     assert [line.split(":")[0].strip() for line in links if line.strip()] == ["lo"]
     # Starting it again is harmless.

@@ -556,6 +556,10 @@ def _write_params(state_dir: Path, hosts: list[LabHost], port: int) -> Path:
     # repository but the distribution's, so containerd comes from there.
     data.setdefault("os", _machine_os())
     data.setdefault("gpu_runtime", {"containerd_source": "distro"})
+    # The offline kit holds the remote bases of the training profile, not all of the default set's
+    # (two argo-workflows bases are missing), and phase 60 needs the v1 training operator, which
+    # 26.03's default set leaves out.
+    data.setdefault("kubeflow", {"components": "training-only"})
     _, problems = validate_data(data, str(path))
     if problems:
         raise LabError(f"the lab params file {path} would be invalid:\n  " + "\n  ".join(map(str, problems)))

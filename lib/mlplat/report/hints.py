@@ -10,6 +10,20 @@ from __future__ import annotations
 import re
 
 HINTS: list[tuple[str, str]] = [
+    # Phase 50 (Kubeflow) signatures first: their messages also say "timed out" or "unreachable",
+    # which the SSH rows below would claim.
+    (r"missing from the offline kit|offline kit lacks",
+     "record the remote base into the offline kit on a connected machine (record-kit.sh in the run folder of "
+     "50_kubeflow), carry it in, and rerun 50_kubeflow"),
+    (r"would be pulled from .* which the nodes cannot reach|not preloaded on .* unreachable",
+     "mirror the image: set kubeflow.image_mirror.mode to registry (a private registry) or node-import "
+     "(preload every node), then rerun 50_kubeflow"),
+    (r"pulls on every start",
+     "imagePullPolicy Always defeats preloading: 50_kubeflow rewrites it to IfNotPresent with a kustomize patch"),
+    (r"rollout stuck|ProgressDeadlineExceeded|not available after|cannot become available",
+     "a workload did not become available: look at its pods and events (kubectl -n NS describe pod) or run "
+     "90_troubleshoot (ImagePullBackOff, Pending pods, stale webhooks); a Pending PersistentVolumeClaim needs a "
+     "storage provisioner with a default StorageClass"),
     # Kubernetes signatures first: their messages also contain generic words ("connection
     # refused", "timed out") that the SSH rows below would otherwise claim.
     (r"failed calling (admission )?webhook",

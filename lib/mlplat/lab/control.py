@@ -57,6 +57,16 @@ def up(state_dir: Path, hosts: int | None = None, cluster: bool = True, network:
         except Exception as e:
             raise LabError(f"lab cluster: {e}") from e
         _update_params(params_path, {"kubernetes": {"existing_kubeconfig": str(kubeconfig)}})
+        # PyTorchJobs and TFJobs need a controller: the real training operator, out of cluster. KWOK
+        # runs no containers, so the pods' logs are the output of a real CPU run of the same
+        # workloads, prepared once and cached (about a minute the first time).
+        from . import workload_logs
+
+        try:
+            lab_cluster.start_training_operator(state_dir / "cluster", kubeconfig)
+            workload_logs.prepare(state_dir / "cluster", kubeconfig, params_path)
+        except Exception as e:
+            raise LabError(f"lab cluster: {e}") from e
     return params_path
 
 

@@ -4,6 +4,8 @@
   ``allreduce_sweep.py``, ``tf_mwms_smoke.py``), printing one JSON line per measurement.
 * :mod:`.jobs`: PyTorchJob, TFJob and TrainJob builders (plain dicts), the workloads ConfigMap,
   cleanup labels, a structural check against the CRDs.
+* :mod:`.plan`: the phase's jobs for a cluster's GPU layout, with their pods' names (shared by the
+  phase and the lab that serves those pods' logs on KWOK).
 * :mod:`.parse`: the JSON lines out of pod logs, DDP and sweep summaries, scaling efficiency,
   nccl-tests tables and NCCL_DEBUG=INFO transport detection.
 """

@@ -35,7 +35,20 @@ MACHINE_PATHS = ["/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.lis
                  "/etc/sysctl.d/99-kubernetes.conf", "/etc/modules-load.d/k8s.conf", "/etc/containerd/config.toml",
                  "/etc/containerd/conf.d/99-nvidia.toml", "/usr/bin/containerd", "/var/lib/mlplat"]
 SWAP_LINE = "/swapfile none swap sw 0 0"
-MIRROR = "http://archive.invalid/debian"
+
+
+def _machine_mirror() -> str:
+    """The Debian archive this machine already uses (the lab hosts reach no other)."""
+    text = Path("/etc/apt/sources.list.d/debian.sources").read_text() if \
+        Path("/etc/apt/sources.list.d/debian.sources").exists() else Path("/etc/apt/sources.list").read_text()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("URIs:"):
+            return line.split()[1]
+        if line.startswith("deb ") and "debian" in line and "security" not in line:
+            return line.split()[1]
+    pytest.skip("cannot tell which Debian archive this machine uses")
+
 
 
 def _machine_state() -> dict:
@@ -76,7 +89,7 @@ def lab(lab_hosts, tmp_path_factory):
     of the phases unchanged (checked at the end; restored regardless, so a failure leaks nothing)."""
     lab_hosts.ensure_up()
     d = yaml.safe_load(Path(lab_hosts.params_path).read_text())
-    d["mirrors"] = {"apt": MIRROR}
+    d["mirrors"] = {"apt": _machine_mirror()}
     d["gpu_runtime"] = {"containerd_source": "distro", "nvidia_runtime_default": "all-hosts"}
     params = tmp_path_factory.mktemp("hostprep") / "params.yaml"
     params.write_text(yaml.safe_dump(d))
@@ -207,7 +220,7 @@ def test_files_and_packages_over_ssh(lab, applied):
                     "echo @@; containerd config dump")
     for host, text in out.items():
         sources, sysctl, modules, fstab, config, dropin, pkgs, dump = text.split("@@\n")
-        assert f"URIs: {MIRROR}\nSuites: bookworm bookworm-updates\n" in sources, host
+        assert f"URIs: {_machine_mirror()}\nSuites: bookworm bookworm-updates\n" in sources, host
         assert "net.ipv4.ip_forward = 1" in sysctl and "net.bridge.bridge-nf-call-iptables = 1" in sysctl
         assert modules.splitlines()[1:] == ["overlay", "br_netfilter"]
         if host == applied["first"]:

@@ -50,9 +50,10 @@ def codename(t: Target) -> str:
 
 def debian_sources(mirror: str, codename: str) -> str:
     """deb822 sources for Debian: the archive from `mirror`, security from the mirror's
-    ``-security`` twin (``…/debian`` -> ``…/debian-security``, as regional mirrors lay it out)."""
+    ``-security`` twin (``…/debian`` -> ``…/debian-security``, as regional mirrors lay it out;
+    otherwise ``debian-security`` beside the archive's folder)."""
     m = mirror.rstrip("/")
-    security = m + "-security" if m.endswith("/debian") else "http://archive.invalid/debian-security"
+    security = m + "-security" if m.endswith("/debian") else m.rsplit("/", 1)[0] + "/debian-security"
     comps = "main contrib non-free non-free-firmware"
     return (HEADER +
             f"Types: deb\nURIs: {m}\nSuites: {codename} {codename}-updates\nComponents: {comps}\n"

@@ -4,7 +4,6 @@ manage the local lab."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

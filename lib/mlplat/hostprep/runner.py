@@ -83,3 +83,15 @@ def _alive(pool: HostPool, name: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def make_step(context, fn_name: str, label: str, planner):
+    """A phase's step function (what a notebook cell calls): runs `planner` on every host through
+    :func:`run_step` with the phase context `context()` returns."""
+
+    def step():
+        return run_step(context(), fn_name, label, planner, label)
+
+    step.__name__ = fn_name
+    step.__doc__ = (planner.__doc__ or label).strip().splitlines()[0]
+    return step

@@ -167,7 +167,7 @@ def check_stack(v: dict) -> list[Incompatibility]:
                     "versions.kubeflow",
                     f"Kubeflow {kf} supports Kubernetes {_k8s_range_text(lo, hi)}, not {fmt(k8s_mm)}",
                     f"set versions.kubernetes to {fmt(lo)}.x or later" if k8s_mm < lo
-                    else f"use a newer Kubeflow (26.03 targets Kubernetes 1.34+)"))
+                    else "use a newer Kubeflow (26.03 targets Kubernetes 1.34+)"))
     istio = get("istio")
     if istio and k8s_mm:
         rng = ISTIO_K8S.get(istio[:2])

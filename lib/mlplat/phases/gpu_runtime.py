@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..hosts import HostPool
 from ..hostprep import containerd as _containerd
 from ..hostprep import nvidia as _nvidia
-from ..hostprep.runner import facts_step, run_step
+from ..hostprep.runner import facts_step, make_step
 from ..report import Table
 from . import common
 
@@ -38,12 +38,7 @@ def facts() -> Table:
 
 
 def _step(fn_name: str, label: str, planner):
-    def step() -> Table:
-        return run_step(_ctx(), fn_name, label, planner, label)
-
-    step.__name__ = fn_name
-    step.__doc__ = (planner.__doc__ or label).strip().splitlines()[0]
-    return step
+    return make_step(_ctx, fn_name, label, planner)
 
 
 nouveau = _step("nouveau", "nouveau | blacklist", _nvidia.plan_nouveau)

@@ -19,7 +19,7 @@ from ..hostprep import packages as _packages
 from ..hostprep import security as _security
 from ..hostprep import swap as _swap
 from ..hostprep import timesync as _timesync
-from ..hostprep.runner import facts_step, run_step
+from ..hostprep.runner import facts_step, make_step
 from ..report import Table
 from . import common
 
@@ -43,12 +43,7 @@ def facts() -> Table:
 
 
 def _step(fn_name: str, label: str, planner):
-    def step() -> Table:
-        return run_step(_ctx(), fn_name, label, planner, label)
-
-    step.__name__ = fn_name
-    step.__doc__ = (planner.__doc__ or label).strip().splitlines()[0]
-    return step
+    return make_step(_ctx, fn_name, label, planner)
 
 
 static_ip = _step("static_ip", "network | static IP", _network.plan)

@@ -173,3 +173,18 @@ def skeleton(number: str, name: str, steps: list[tuple[str, str, str]]):
         finish(number)
 
     return setup_, plan_, finish_
+
+
+def kube(ctx: Context):
+    """The site's cluster connection (``cluster.kubeconfig.connect``), kept on the context; None
+    while there is no kubeconfig yet, with the reason in ``ctx.extra["kube_error"]``. A failed
+    attempt is not remembered, so a step after ``kubeadm init`` connects."""
+    if ctx.extra.get("kube") is None:
+        from ..cluster import kubeconfig
+
+        try:
+            ctx.extra["kube"] = kubeconfig.connect(ctx.params)
+        except FileNotFoundError as e:
+            ctx.extra["kube"] = None
+            ctx.extra["kube_error"] = str(e)
+    return ctx.extra["kube"]

@@ -60,15 +60,8 @@ def _ctx():
 
 
 def _kube(ctx) -> Kube | None:
-    k = ctx.extra.get("kube")
-    if k is None:
-        try:
-            k = kc.connect(ctx.params)
-        except FileNotFoundError as e:
-            ctx.extra["kube_error"] = str(e)
-            return None
-        ctx.extra["kube"] = k
-    return k
+    """The cluster connection, or None while there is no kubeconfig (reason in extra["kube_error"])."""
+    return common.kube(ctx)
 
 
 def _checks(ctx) -> list[ist.GuardCheck]:

@@ -75,15 +75,8 @@ def _pool(ctx) -> HostPool:
 
 
 def _kube(ctx) -> Kube | None:
-    """The cluster connection, or None when there is no kubeconfig yet (plan mode before init)."""
-    k = ctx.extra.get("kube")
-    if k is None:
-        try:
-            k = kc.connect(ctx.params)
-        except FileNotFoundError:
-            return None
-        ctx.extra["kube"] = k
-    return k
+    """The cluster connection, or None while there is no kubeconfig (reason in extra["kube_error"])."""
+    return common.kube(ctx)
 
 
 def _existing_skip(ctx, step: str) -> list[StepResult] | None:

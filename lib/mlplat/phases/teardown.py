@@ -69,15 +69,8 @@ def _refused(ctx, step: str) -> list[StepResult] | None:
 
 
 def _kube(ctx) -> Kube | None:
-    k = ctx.extra.get("kube")
-    if k is None:
-        try:
-            k = kc.connect(ctx.params)
-        except FileNotFoundError as e:
-            ctx.extra["kube_error"] = str(e)
-            return None
-        ctx.extra["kube"] = k
-    return k
+    """The cluster connection, or None while there is no kubeconfig (reason in extra["kube_error"])."""
+    return common.kube(ctx)
 
 
 def _pool(ctx) -> HostPool:

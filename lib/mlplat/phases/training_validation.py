@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..cluster import kubeconfig as kc
 from ..cluster import nodes as cnodes
 from ..kube import Kube, KubeError, NoKindMatch, WaitFailed, WaitTimeout, apply, pod_logs, wait_for
 from ..kube.tables import pod_status
@@ -156,14 +155,8 @@ def _ctx():
 
 
 def _kube(ctx) -> Kube | None:
-    """The cluster connection, or None when there is no kubeconfig (no cluster yet)."""
-    if "kube" not in ctx.extra:
-        try:
-            ctx.extra["kube"] = kc.connect(ctx.params)
-        except FileNotFoundError as e:
-            ctx.extra["kube"] = None
-            ctx.extra["no_kube"] = str(e)
-    return ctx.extra["kube"]
+    """The cluster connection, or None while there is no kubeconfig (reason in extra["kube_error"])."""
+    return common.kube(ctx)
 
 
 def _timeout(ctx) -> float:
@@ -211,7 +204,7 @@ def inventory() -> Table:
     frame_rows: list[dict] = []
     ctx.extra["layout"] = None
     if kube is None:
-        why = ctx.extra.get("no_kube", "no kubeconfig")
+        why = ctx.extra.get("kube_error", "no kubeconfig")
         rows = [skipped(ALL, step, f"no cluster yet ({why})") if not ctx.apply else failed(ALL, step, why)]
         ctx.phase.record("inventory", rows, "GPU inventory")
         return _inventory_table(rows, frame_rows)

@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssh-server openssh-client iptables iproute2 procps psmisc util-linux kmod time sudo pciutils)
+APT_PACKAGES=(openssh-server openssh-client iptables iproute2 procps psmisc util-linux kmod time sudo pciutils
+  # the real-node lab (mlplat lab up --nodes real): containerd, runc and the CNI plugins on its hosts,
+  # busybox, catatonit and dash for the images it builds (mlplat.lab.images)
+  containerd runc containernetworking-plugins busybox-static catatonit dash)
 if [ "${1:-}" = "--browser" ]; then
   APT_PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
 fi

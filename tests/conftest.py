@@ -14,18 +14,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shared_dir() -> Path | None:
     """The shared fixtures folder: $MLPLAT_SHARED, else ../shared beside the repository."""
-    cand = os.environ.get("MLPLAT_SHARED") or str(ROOT.parent / "shared")
-    p = Path(cand)
-    return p if (p / "fixtures").is_dir() else None
+    import shared_kit
+
+    p = shared_kit.find("fixtures")
+    return p.parent if p is not None and p.is_dir() else None
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    p = shared_dir()
-    if p is None:
-        pytest.skip("shared fixtures not found: set MLPLAT_SHARED to the folder holding fixtures/ "
-                    "(it sits beside the repository as ../shared)")
-    return p
+    import shared_kit
+
+    return shared_kit.require("fixtures", "the shared fixtures folder").parent
+
+
+@pytest.fixture(scope="session")
+def offline_bundle() -> Path:
+    """The shared kit's offline bundle (flannel, device plugin, Istio add-ons, Kubeflow manifests),
+    which phases 30-60 read when kubeflow.bundle is unset; skips naming where it was looked for.
+    Lab tests use the mark ``shared_kit.needs_offline_bundle`` instead: a mark is decided before
+    any fixture, so no lab is brought up for a test that would skip."""
+    import shared_kit
+
+    return shared_kit.require(shared_kit.BUNDLE, "the offline bundle")
 
 
 @pytest.fixture(scope="session")

@@ -78,19 +78,28 @@ def _cmd_notebook(args) -> int:
     return 1
 
 
+REAL_LAB_DIR = ".lab-real"
+
+
 def _lab_dir(args) -> Path:
+    """--state-dir, else the KWOK lab's folder (.lab or $MLPLAT_LAB_DIR), or .lab-real beside it
+    for --nodes real: the two labs can run side by side."""
     from .phases.common import default_lab_params
 
-    return Path(args.state_dir) if getattr(args, "state_dir", None) else default_lab_params().parent
+    if getattr(args, "state_dir", None):
+        return Path(args.state_dir)
+    default = default_lab_params().parent
+    return default.with_name(REAL_LAB_DIR) if getattr(args, "nodes", None) == "real" else default
 
 
 def _cmd_lab(args) -> int:
     from . import lab
+    from .lab.build import LabBuildError
 
     state = _lab_dir(args)
     try:
         if args.lab_cmd == "up":
-            path = lab.up(state, hosts=args.hosts, cluster=not args.no_cluster)
+            path = lab.up(state, hosts=args.hosts, cluster=not args.no_cluster, nodes=args.nodes)
             print(f"lab up: params file {path}")
             print(f"next: mlplat run --params {path}")
         elif args.lab_cmd == "down":
@@ -101,8 +110,8 @@ def _cmd_lab(args) -> int:
             print(df.to_string(index=False))
             return 0 if bool(df["ok"].all()) else 1
         elif args.lab_cmd == "build":
-            lab.build_binaries(force=args.force)
-    except lab.LabError as e:
+            lab.build_binaries(force=args.force, nodes=args.nodes)
+    except (lab.LabError, LabBuildError) as e:
         print(f"mlplat lab {args.lab_cmd}: {e}", file=sys.stderr)
         return 1
     return 0
@@ -147,9 +156,18 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--no-cluster", action="store_true", help="SSH hosts only, no Kubernetes control plane")
     for p in (up, lab_sub.add_parser("down", help="stop everything; leaves nothing running or mounted"),
               lab_sub.add_parser("status", help="health of every lab component")):
-        p.add_argument("--state-dir", help="lab state directory (default: .lab in the repository, or $MLPLAT_LAB_DIR)")
+        p.add_argument("--state-dir", help="lab state directory (default: .lab in the repository, or $MLPLAT_LAB_DIR; "
+                                           f"{REAL_LAB_DIR} beside it with --nodes real)")
+        p.add_argument("--nodes", choices=["kwok", "real"], default=None,
+                       help="kwok (default): SSH hosts plus a control plane with KWOK nodes; real: hosts that "
+                            "become real kubelet + containerd nodes (own network namespaces on a lab bridge), with "
+                            "the lab-built binaries and image kit: 30_kubernetes builds the cluster with kubeadm")
     b = lab_sub.add_parser("build", help="build (or verify the cache of) the lab's Go binaries")
     b.add_argument("--force", action="store_true")
+    # The keys of mlplat.lab.build.NODE_SETS (not imported here: the lab package loads pandas).
+    b.add_argument("--nodes", choices=["kwok", "real", "all"], default="kwok",
+                   help="kwok: the default lab's binaries; real: for kubeadm nodes (adds kubelet, kube-proxy, "
+                        "CoreDNS); all")
     lab_p.set_defaults(func=_cmd_lab)
     return ap
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from shared_kit import needs_offline_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 NB = {n: ROOT / "notebooks" / f"{n}.ipynb" for n in ("30_kubernetes", "40_istio", "99_teardown")}
@@ -47,6 +48,7 @@ def test_papermill_documents_the_parameters(name):
 @pytest.mark.lab_cluster
 @pytest.mark.notebooks
 @pytest.mark.slow
+@needs_offline_bundle
 def test_notebooks_run_against_the_lab(lab_site, tmp_path):
     import papermill as pm
 

@@ -5,6 +5,8 @@ device plugin and finds the simulated GPUs, idempotently, and fails clearly when
 expect other GPU counts; 40's guard refuses bad stacks with no API write; 40 applies Kubeflow's
 Istio and the four add-ons, idempotently, and says what the lab cannot prove; 99 without confirm
 changes nothing; with confirm it removes everything 30-40 applied; then 30 runs again cleanly.
+Tests that apply manifests from the shared offline bundle are marked ``needs_offline_bundle``:
+without the kit they skip, saying where it was looked for, before the lab cluster is started.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import pytest
 from mlplat.cluster import inventory, nodes
 from mlplat.phases import istio as p40, kubernetes as p30, teardown as p99
 from mlplat.report import PhaseFailed
+from shared_kit import needs_offline_bundle
 
 pytestmark = [pytest.mark.lab_cluster, pytest.mark.slow]
 
-STEPS30 = ["packages", "config", "init", "join", "kubeconfig", "cni", "device_plugin", "labels", "verify", "smoke"]
+STEPS30 = ["packages", "config", "init", "join", "kubeconfig", "cni", "device_plugin", "labels", "verify", "network",
+           "smoke"]
 STEPS40 = ["guard", "install", "addons", "verify", "dashboards"]
 STEPS99 = ["guard", "cluster_objects", "node_labels", "reset", "kubeconfig", "packages"]
 
@@ -60,6 +64,7 @@ def clean_start(lab_site):
 
 # -- 30 ---------------------------------------------------------------------------------------------
 
+@needs_offline_bundle
 def test_30_plan_then_apply_flannel_and_device_plugin(lab_site, kube):
     v, err = run(p30, lab_site.params_path, "plan", STEPS30)
     assert err is None, err
@@ -78,6 +83,8 @@ def test_30_plan_then_apply_flannel_and_device_plugin(lab_site, kube):
     for h in lab_site.hosts:
         assert ver[h["name"]].ok and ver[h["name"]].data["gpu_allocatable"] == 4
         assert "lab: KWOK simulates 4 GPU(s) per node" in ver[h["name"]].message
+    net = rows(p30, "network")
+    assert len(net) == 4 and all(r.skipped and "KWOK nodes" in r.message for r in net)
     node = kube.get(kube.resource("Node", "v1").path(None, lab_site.hosts[0]["name"]))
     assert node["metadata"]["labels"][nodes.LABEL_GPU_PRESENT] == "true"
     smoke = rows(p30, "smoke")
@@ -85,6 +92,7 @@ def test_30_plan_then_apply_flannel_and_device_plugin(lab_site, kube):
     assert any("simulated by KWOK" in n for n in v["notes"])
 
 
+@needs_offline_bundle
 def test_30_second_run_changes_nothing(lab_site):
     v, err = run(p30, lab_site.params_path, "apply", STEPS30)
     assert err is None, err
@@ -131,6 +139,7 @@ def test_40_guard_refuses_before_any_apply(lab_site, kube, write_spy, versions, 
     assert kube.get_or_none(kube.resource("Namespace", "v1").path(None, "istio-system")) is None
 
 
+@needs_offline_bundle
 def test_40_applies_kubeflow_istio_and_addons_idempotently_and_honestly(lab_site, kube):
     v, err = run(p40, lab_site.params_path, "plan", STEPS40)
     assert err is None, err
@@ -154,6 +163,7 @@ def test_40_applies_kubeflow_istio_and_addons_idempotently_and_honestly(lab_site
     assert v2["changed"] == 0, [r.message for r in p40._ctx().phase.all_results() if r.changed]
 
 
+@needs_offline_bundle
 def test_40_unpatched_addon_would_be_refused_by_pod_security(lab_site, kube):
     """Why the add-ons are patched: the released Prometheus pod violates 'restricted' in istio-system."""
     from mlplat.cluster import bundle
@@ -174,6 +184,7 @@ def _snapshot(kube):
     return sorted((o.ref, o.action) for o in _owned(kube))
 
 
+@needs_offline_bundle  # what it must leave alone was applied by 30 and 40 from the bundle
 def test_99_without_confirm_changes_nothing(lab_site, kube, write_spy):
     before = _snapshot(kube)
     assert before
@@ -204,6 +215,7 @@ def _widgets():
     return [CRD, ns] + w
 
 
+@needs_offline_bundle
 def test_99_with_confirm_removes_what_30_to_60_created_and_30_runs_again(lab_site, kube, monkeypatch):
     from mlplat.kube import apply
 

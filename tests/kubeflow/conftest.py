@@ -74,7 +74,9 @@ def _bundle_dir() -> Path | None:
 def bundle() -> Path:
     b = _bundle_dir()
     if b is None:
-        pytest.skip("the shared offline bundle (fixtures/offline-bundle) is not here: set MLPLAT_SHARED")
+        import shared_kit
+
+        pytest.skip(shared_kit.missing_reason(shared_kit.BUNDLE, "the shared offline bundle"))
     return b
 
 

@@ -200,6 +200,121 @@ def test_missing_go_is_a_permanent_error(monkeypatch, tmp_path):
     assert not list((tmp_path / "cache" / "bin").glob("*-v*")), "nothing built or half-built"
 
 
+def test_component_sets_select_what_each_lab_builds():
+    def names(components):
+        return [c.name for c in components]
+
+    assert names(build.select_components(None)) == list(build.KWOK_COMPONENTS)
+    assert names(build.select_components(build.NODE_SETS["real"])) == [
+        "kubernetes", "kubernetes-node", "etcd", "training-operator", "coredns"]
+    assert names(build.select_components("coredns")) == ["coredns"]
+    assert set(build.NODE_SETS["all"]) == {c.name for c in build.COMPONENTS}
+    assert not {"kubernetes-node", "coredns"} & set(build.KWOK_COMPONENTS)
+    # The CLI's --nodes choices are NODE_SETS' keys (written out there to keep `mlplat` start-up light).
+    from mlplat.cli import parser
+    build_cmd = parser()._subparsers._group_actions[0].choices["lab"]._subparsers._group_actions[0].choices["build"]
+    nodes = next(a for a in build_cmd._actions if a.dest == "nodes")
+    assert set(nodes.choices) == set(build.NODE_SETS) and nodes.default == "kwok"
+    # The node binaries share the control plane's wrapper, version stamp and tags; cached apart.
+    kube, node = (next(c for c in build.COMPONENTS if c.name == n) for n in ("kubernetes", "kubernetes-node"))
+    assert node.wrapper == kube.wrapper and node.version == kube.version
+    assert (node.ldflags, node.tags) == (kube.ldflags, kube.tags)
+    assert build.component_dir(node).name == f"kubernetes-node-{kube.version}"
+    for pkg in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
+        assert f"-X '{pkg}.gitVersion={kube.version}'" in node.ldflags
+
+
+def test_unknown_component_is_a_permanent_error_before_anything_is_built(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLPLAT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(build.LabBuildError, match="unknown component.* kubelet: choose from") as e:
+        build.ensure_binaries(components=["etcd", "kubelet"], progress=lambda s: None)
+    assert e.value.permanent
+    assert not (tmp_path / "cache").exists()
+
+
+def _fake_cache(root: Path, component: build.Component, outputs: dict[str, str]) -> None:
+    """A cache directory for ``component`` whose binaries are shell scripts printing ``outputs``."""
+    d = root / "bin" / f"{component.name}-{component.version}"
+    d.mkdir(parents=True)
+    for name, text in outputs.items():
+        (d / name).write_text(f"#!/bin/sh\nprintf '%s\\n' '{text}'\n")
+        (d / name).chmod(0o755)
+    stamp = {"component": component.name, "version": component.version, "manifest": build._manifest_hash(component)}
+    (d / "stamp.json").write_text(json.dumps(stamp))
+
+
+def test_selected_components_come_from_the_cache_after_their_version_check(monkeypatch, tmp_path):
+    """Only the selected components are checked and returned; a binary reporting another version
+    invalidates its component's cache (here: a rebuild is attempted and fails for want of Go)."""
+    monkeypatch.setenv("MLPLAT_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-go"))
+    by_name = {c.name: c for c in build.COMPONENTS}
+    kube_v, dns_v = build.VERSIONS["kubernetes"], build.VERSIONS["coredns"]
+    _fake_cache(tmp_path, by_name["kubernetes-node"], {"kubelet": f"Kubernetes {kube_v}", "kube-proxy": f"Kubernetes {kube_v}"})
+    _fake_cache(tmp_path, by_name["coredns"], {"coredns": f"CoreDNS-{dns_v.lstrip('v')}"})
+    lines: list[str] = []
+    paths = build.ensure_binaries(components=["coredns", "kubernetes-node"], progress=lines.append)
+    assert list(paths) == ["kubelet", "kube-proxy", "coredns"]
+    assert paths["kubelet"] == tmp_path / "bin" / f"kubernetes-node-{kube_v}" / "kubelet"
+    assert sum("cached in" in line for line in lines) == 2, lines
+    (paths["kubelet"]).write_text("#!/bin/sh\necho 'Kubernetes v1.34.3'\n")
+    with pytest.raises(build.LabBuildError, match="Go toolchain is not on PATH"):
+        build.ensure_binaries(components=["kubernetes-node"], progress=lines.append)
+    assert "kubelet reports 'Kubernetes v1.34.3', want v1.34.4" in lines[-1]
+
+
+def test_a_failed_go_build_names_the_component_and_shows_the_go_stderr_tail(monkeypatch, tmp_path):
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "go").write_text(textwrap.dedent("""\
+        #!/bin/sh
+        [ "$1" = version ] && { echo "go version go0.0 fake"; exit 0; }
+        echo "go: downloading example.invalid/dep v1.0.0"
+        echo "fake-go: missing go.sum entry for module providing package example.invalid/dep" >&2
+        exit 1
+        """))
+    (fake / "go").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MLPLAT_CACHE", str(tmp_path / "cache"))
+    lines: list[str] = []
+    with pytest.raises(build.LabBuildError) as e:
+        build.ensure_binaries(force=True, components=["coredns"], progress=lines.append)
+    msg = str(e.value)
+    assert not e.value.permanent
+    assert f"coredns: coredns {build.VERSIONS['coredns']} | go build failed (rc=1)" in msg
+    assert "fake-go: missing go.sum entry" in msg
+    assert any("coredns: coredns" in line and "building" in line for line in lines), lines
+    assert not (tmp_path / "cache" / "bin" / f"coredns-{build.VERSIONS['coredns']}").exists()
+
+
+def test_real_node_binaries_report_their_pinned_versions():
+    """The cached kubelet, kube-proxy, kubeadm, kubectl and CoreDNS (never built here: skipped when
+    `mlplat lab build --nodes real` has not run), and kubeadm's image list naming this CoreDNS."""
+    by_name = {c.name: c for c in build.COMPONENTS}
+    for name in ("kubernetes", "kubernetes-node", "coredns"):
+        c = by_name[name]
+        valid, why = build._cache_valid(c, build._manifest_hash(c))
+        if not valid:
+            pytest.skip(f"{name} is not in the build cache ({why}): mlplat lab build --nodes real")
+    kube_v, dns_v = build.VERSIONS["kubernetes"], build.VERSIONS["coredns"]
+    kdir, ndir = build.component_dir(by_name["kubernetes"]), build.component_dir(by_name["kubernetes-node"])
+
+    def out(*cmd) -> str:
+        return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True, timeout=60).stdout
+
+    # kubeadm's preflight parses `kubelet --version`: exactly "Kubernetes vX.Y.Z".
+    assert out(ndir / "kubelet", "--version") == f"Kubernetes {kube_v}\n"
+    assert out(ndir / "kube-proxy", "--version") == f"Kubernetes {kube_v}\n"
+    assert out(kdir / "kubeadm", "version", "-o", "short") == f"{kube_v}\n"
+    assert out(kdir / "kubectl", "version", "--client", "-o", "json").count(f'"gitVersion": "{kube_v}"') == 1
+    dns = out(build.component_dir(by_name["coredns"]) / "coredns", "-version").splitlines()
+    assert dns[0] == f"CoreDNS-{dns_v.lstrip('v')}" and dns[1].endswith(build.COREDNS_GIT_COMMIT)
+    # An explicit version needs no network; CoreDNS is the one kubeadm deploys.
+    images = out(kdir / "kubeadm", "config", "images", "list", "--kubernetes-version", kube_v).split()
+    assert f"registry.k8s.io/coredns/coredns:{dns_v}" in images
+    assert f"registry.k8s.io/kube-proxy:{kube_v}" in images
+
+
 def test_invalid_nodes_are_refused_before_anything_starts(tmp_path):
     with pytest.raises(cluster.LabClusterError) as e:
         cluster.up(tmp_path, tmp_path / "kubeconfig",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from shared_kit import needs_offline_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -45,6 +46,7 @@ def _latest_run(outputs: Path) -> Path:
     return max(runs, key=lambda p: json.loads((p / "run.json").read_text())["started"] + p.name)
 
 
+@needs_offline_bundle
 def test_main_job_plan_run(lab, tmp_path):
     """What `make run` does after `lab up`: every default phase in plan mode, archived."""
     params = tmp_path / "site.yaml"
@@ -168,6 +170,7 @@ def test_golden_preflight_matches(lab, tmp_path):
     assert r.returncode == 0, r.stdout[-6000:]
 
 
+@needs_offline_bundle
 def test_all_notebooks_lax_plan_mode(lab, tmp_path):
     env = _env(Path(lab.params), tmp_path / "outputs")
     r = _pytest_nbval(["--nbval-lax", str(ROOT / "notebooks")], env, timeout=1800)

@@ -32,9 +32,11 @@ def lab_params():
 
 @pytest.fixture(scope="session")
 def autoinstall_schema() -> Path:
-    from mlplat.phases.os_install import schema_path
+    from mlplat.phases.os_install import SCHEMA_NAME, schema_path
 
     p = schema_path()
     if p is None:
-        pytest.skip("subiquity's autoinstall schema not available: set MLPLAT_SHARED to the shared folder")
+        import shared_kit
+
+        pytest.skip(shared_kit.missing_reason(f"fixtures/os-install/{SCHEMA_NAME}", "subiquity's autoinstall schema"))
     return p

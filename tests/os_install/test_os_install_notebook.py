@@ -1,7 +1,8 @@
 """05_os_install executed for real with papermill: it writes and validates the files, never shows
 the root password hash (the canary), passes quietly for a site without an os_install section, and
 stops with the problem named when the settings are incomplete. The golden executed notebook
-(tests/golden/os_install/05_os_install.ipynb) re-executes under nbval and matches.
+(tests/golden/os_install/05_os_install.ipynb) re-executes under nbval and matches. The tests
+counting or comparing validated files need subiquity's schema from the shared kit (skipped without).
 
 Regenerate the golden notebook after an intended change with
 `MLPLAT_UPDATE_GOLDEN=1 pytest tests/os_install/test_os_install_notebook.py -k golden` and review the diff."""
@@ -40,7 +41,7 @@ def _papermill(out: Path, params: dict, env: dict, cwd: Path = NB.parent):
         os.environ.update(old)
 
 
-def test_canary_hash_never_in_the_notebook(tmp_path):
+def test_canary_hash_never_in_the_notebook(autoinstall_schema, tmp_path):
     run_dir = tmp_path / "run"
     out = tmp_path / "05_os_install.ipynb"
     _papermill(out, {"params_file": str(FIX / "site.yaml"), "run_dir": str(run_dir), "targets": TARGETS,
@@ -88,7 +89,7 @@ def test_incomplete_settings_stop_the_phase_naming_the_key(tmp_path):
     assert CANARY_HASH not in out.read_text()
 
 
-def test_golden_notebook_matches_under_nbval(tmp_path):
+def test_golden_notebook_matches_under_nbval(autoinstall_schema, tmp_path):
     env = {**os.environ, HASH_ENV: CANARY_HASH, "MLPLAT_RUN_DIR": str(tmp_path / "run")}
     if os.environ.get("MLPLAT_UPDATE_GOLDEN"):
         _regenerate_golden(env)

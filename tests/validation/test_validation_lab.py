@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from shared_kit import needs_offline_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 NB = ROOT / "notebooks" / "60_training_validation.ipynb"
@@ -80,6 +81,7 @@ def served(kube, kind: str, api_version: str) -> bool:
 
 
 @pytest.mark.notebooks
+@needs_offline_bundle
 def test_plan_without_the_training_operator(validation_cluster, kube, tmp_path):
     """Plan mode on a cluster that serves no PyTorchJob yet (50_kubeflow not run): the jobs are
     checked against the offline bundle's CRDs, nothing is written, the plan passes, quickly."""
@@ -102,7 +104,7 @@ def _operator_crds(shared: Path) -> list[dict]:
     return _bundle_docs(shared, "/applications/training-operator/upstream/base/crds/kubeflow.org_")
 
 
-def test_apply_without_a_running_operator_fails_fast(validation_cluster, kube, shared, monkeypatch):
+def test_apply_without_a_running_operator_fails_fast(shared, validation_cluster, kube, monkeypatch):
     """The CRDs are there but no operator runs (50_kubeflow applied, its pod down): the first job
     fails as soon as nobody marks it Created, naming the operator; the next ones are not submitted."""
     from mlplat.kube import apply
@@ -227,7 +229,7 @@ def _trainer_crds(shared: Path) -> list[dict]:
     return docs
 
 
-def test_trainjob_against_the_trainer_crds(validation_cluster, kube, shared, tmp_path):
+def test_trainjob_against_the_trainer_crds(shared, validation_cluster, kube, tmp_path):
     """With the Trainer v2 CRDs of the offline bundle applied, the TrainJob passes the API server's
     dry run (schema and CEL rules); broken ones are refused, including by a CEL rule the local
     schema check cannot see; without the runtime it is not run."""

@@ -70,7 +70,7 @@ def test_the_lab_serves_the_pods_the_phase_creates():
 
 
 @pytest.fixture(scope="module")
-def bundle_crds():
+def bundle_crds(offline_bundle):
     from mlplat.kubeflow.source import SourceError, offline
 
     try:

@@ -21,12 +21,14 @@ Objects inside a namespace being deleted are left to the namespace controller.
 
 from __future__ import annotations
 
+import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..kube import Kube, KubeError, Resource
 from ..kube.wait import WaitTimeout, wait_for
+from . import cni
 
 PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
 SYSTEM_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
@@ -196,25 +198,53 @@ def strip_custom_resource_finalizers(kube: Kube, crd_name: str) -> list[str]:
 # Hosts
 # ---------------------------------------------------------------------------------------------
 
-# Read-only: what of a kubeadm node is on this host. One line per finding.
-HOST_PROBE = r"""
-for f in /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/kubernetes/manifests /var/lib/kubelet/config.yaml \
-         /var/lib/etcd /etc/cni/net.d /run/flannel /etc/mlplat; do
-  if [ -e "$f" ]; then
-    if [ -d "$f" ]; then [ -n "$(ls -A "$f" 2>/dev/null)" ] && echo "path $f"; else echo "path $f"; fi
-  fi
-done
-command -v kubeadm >/dev/null 2>&1 && echo "binary kubeadm"
-for l in cni0 flannel.1 kube-ipvs0; do ip link show "$l" >/dev/null 2>&1 && echo "link $l"; done
-if command -v iptables-save >/dev/null 2>&1; then
-  n=$(iptables-save 2>/dev/null | grep -c -E 'KUBE-|FLANNEL|CNI-') ; [ "$n" -gt 0 ] && echo "iptables $n"
-fi
-true
-""".strip()
+# What kubeadm init/join leave in /etc/kubernetes (reset removes most; the rest is removed after it).
+KUBEADM_LEFTOVERS = ("/etc/kubernetes/admin.conf", "/etc/kubernetes/super-admin.conf", "/etc/kubernetes/kubelet.conf",
+                     "/etc/kubernetes/bootstrap-kubelet.conf", "/etc/kubernetes/controller-manager.conf",
+                     "/etc/kubernetes/scheduler.conf", "/etc/kubernetes/pki", "/etc/kubernetes/tmp")
+STATIC_PODS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def host_probe(pod_cidr: str | None = None) -> str:
+    """Read-only: what of a kubeadm node is on this host, one line per finding (``path``, ``link``,
+    ``route``, ``iptables``; ``binary kubeadm`` is information only: packages are another step's).
+    With ``pod_cidr``, gateway routes inside it (host-gw routes of the bridge CNI or flannel)."""
+    paths = " ".join(KUBEADM_LEFTOVERS + ("/var/lib/kubelet/config.yaml", "/var/lib/etcd", "/etc/cni/net.d",
+                                          "/run/flannel", cni.IPAM_DIR))
+    lines = [
+        f"for f in {paths}; do",
+        '  if [ -e "$f" ]; then',
+        '    if [ -d "$f" ]; then [ -n "$(ls -A "$f" 2>/dev/null)" ] && echo "path $f"; else echo "path $f"; fi',
+        "  fi",
+        "done",
+        "for f in /etc/kubernetes/manifests/*.yaml /etc/mlplat/kubeadm-*.yaml; do",
+        '  [ -e "$f" ] && echo "path $f"',
+        "done",
+        "command -v kubeadm >/dev/null 2>&1 && echo \"binary kubeadm\"",
+        "for l in cni0 flannel.1 kube-ipvs0; do ip link show \"$l\" >/dev/null 2>&1 && echo \"link $l\"; done",
+    ]
+    if pod_cidr:
+        lines.append(f"ip -4 route show root {shlex.quote(pod_cidr)} 2>/dev/null | "
+                     "awk '$2 == \"via\" {print \"route \" $1 \" via \" $3}'")
+    lines += [
+        "if command -v iptables-save >/dev/null 2>&1; then",
+        "  n=$(iptables-save 2>/dev/null | grep -c -E 'KUBE-|FLANNEL|CNI-') ; [ \"$n\" -gt 0 ] && echo \"iptables $n\"",
+        "fi",
+        "true",
+    ]
+    return "\n".join(lines)
+
+
+HOST_PROBE = host_probe()
+
+
+def reset_probe(pod_cidr: str | None = None) -> str:
+    """The reset step's probe: the findings, exit 0 when nothing but a kubeadm binary was found."""
+    return f"out=$({host_probe(pod_cidr)}); echo \"$out\"; [ -z \"$(echo \"$out\" | grep -v '^binary ')\" ]"
 
 
 def parse_host_probe(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"path": [], "binary": [], "link": [], "iptables": []}
+    out: dict[str, list[str]] = {"path": [], "binary": [], "link": [], "route": [], "iptables": []}
     for line in text.splitlines():
         kind, _, rest = line.strip().partition(" ")
         if kind in out and rest:
@@ -222,14 +252,23 @@ def parse_host_probe(text: str) -> dict[str, list[str]]:
     return out
 
 
-def reset_commands(cni_iptables: bool = True) -> list[str]:
-    """``kubeadm reset`` and what it leaves behind (its own output says so): CNI configuration,
-    flannel's state and links, and the iptables rules of kube-proxy, flannel and the CNI plugins.
-    Only rules and chains with those names are removed; a site's own firewall rules stay."""
+def reset_commands(cni_iptables: bool = True, pod_cidr: str | None = None) -> list[str]:
+    """``kubeadm reset`` and what it leaves behind (its own output says so): CNI configuration
+    (flannel's, the bridge CNI's, with its leases and, given ``pod_cidr``, its routes), flannel's
+    state and links, kubeadm's files in /etc/kubernetes, and the iptables rules of kube-proxy,
+    flannel and the CNI plugins. Only rules and chains with those names are removed; a site's own
+    firewall rules stay, and so do files in /etc/kubernetes kubeadm did not write."""
+    leftovers = " ".join(KUBEADM_LEFTOVERS + tuple(f"/etc/kubernetes/manifests/{n}.yaml" for n in STATIC_PODS))
     cmds = [
         "if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock; fi",
         "rm -rf /etc/cni/net.d/10-flannel.conflist /etc/cni/net.d/*istio* /run/flannel /etc/mlplat/kubeadm-*.yaml",
+    ]
+    if pod_cidr:
+        cmds += cni.reset_commands(pod_cidr)
+    cmds += [
         "for l in cni0 flannel.1 kube-ipvs0; do ip link show $l >/dev/null 2>&1 && ip link delete $l; done; true",
+        # Empty directories go too; one a package owns keeps its placeholder and stays.
+        f"rm -rf {leftovers}; rmdir /etc/kubernetes/manifests /etc/kubernetes 2>/dev/null; true",
     ]
     if cni_iptables:
         for tool in ("iptables", "ip6tables"):
@@ -238,3 +277,20 @@ def reset_commands(cni_iptables: bool = True) -> list[str]:
                 f"| {tool}-restore; fi")
         cmds.append("if command -v ipvsadm >/dev/null 2>&1; then ipvsadm --clear; fi")
     return cmds
+
+
+def reset_steps(params) -> list:
+    """``kubeadm reset`` and its leftovers on every host, workers first (phase 99's plan)."""
+    from ..params.schema import ROLE_CONTROL_PLANE
+    from .kubeadm import HostStep
+
+    order = [h for h in params.hosts if ROLE_CONTROL_PLANE not in h.roles] + \
+            [h for h in params.hosts if ROLE_CONTROL_PLANE in h.roles]
+    pod = params.kubernetes.pod_cidr
+    return [HostStep(
+        host=h.name, step="kubeadm | reset",
+        why="kubeadm reset; CNI configuration, links and pod routes; kubeadm's files in /etc/kubernetes; "
+            "Kubernetes iptables rules",
+        probe=reset_probe(pod),
+        probe_means="no kubeadm state, CNI configuration, links, pod routes or Kubernetes iptables rules on the host",
+        commands=reset_commands(pod_cidr=pod)) for h in order]

@@ -1,8 +1,15 @@
 """kubeadm: the config rendered from the params, validated, and the init/join plans.
 
-The config is four kinds of document in one file: ``InitConfiguration`` (the first control-plane
-host), ``ClusterConfiguration`` (version, CIDRs, endpoint, image repository),
-``KubeletConfiguration`` (cgroup driver) and, per joining host, ``JoinConfiguration``.
+The config is up to five kinds of document in one file: ``InitConfiguration`` (the first
+control-plane host), ``ClusterConfiguration`` (version, CIDRs, endpoint, image repository),
+``KubeletConfiguration`` (cgroup driver, ``kubernetes.kubelet_config`` deep-merged),
+``KubeProxyConfiguration`` (only when ``kubernetes.kube_proxy_config`` is set) and, per joining
+host, ``JoinConfiguration``.
+
+``kubernetes.allow_cgroup_v1`` is for hosts still on cgroup v1 (the lab, older distributions): the
+kubelet from 1.35 refuses to start on cgroup v1 unless ``failCgroupV1: false`` (the field exists
+from 1.31), and kubeadm's ``SystemVerification`` preflight check fails on cgroup v1 from 1.35 (a
+warning on 1.34; kubernetes/system-validators#59), so that one check is ignored on init and join.
 The kubeadm API version follows the Kubernetes minor (:func:`mlplat.params.versions.kubeadm_api_versions`):
 ``kubeadm.k8s.io/v1beta4`` from 1.31, ``v1beta3`` for 1.22-1.30 (and accepted, deprecated, up to 1.36).
 
@@ -40,6 +47,11 @@ from ..params.versions import PAUSE_IMAGE, fmt, kubeadm_api_versions, minor
 V1BETA3 = "kubeadm.k8s.io/v1beta3"
 V1BETA4 = "kubeadm.k8s.io/v1beta4"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
+KUBE_PROXY_API = "kubeproxy.config.k8s.io/v1alpha1"
+# The preflight check that fails on cgroup v1 from kubeadm 1.35 (a warning on 1.34).
+CGROUP_V1_PREFLIGHT = "SystemVerification"
+# The kubelet's failCgroupV1 field exists from 1.31 (an unknown field before).
+FAIL_CGROUP_V1_SINCE = (1, 31)
 KUBEADM_KINDS = ("InitConfiguration", "ClusterConfiguration", "JoinConfiguration", "ResetConfiguration",
                  "UpgradeConfiguration")
 
@@ -182,7 +194,40 @@ def _node_registration(api_version: str, host: Host, params: Params) -> dict:
         # NoSchedule taint; a pure control plane keeps kubeadm's default taint.
         if ROLE_WORKER in host.roles:
             reg["taints"] = []
+    if params.kubernetes.allow_cgroup_v1:
+        reg["ignorePreflightErrors"] = [CGROUP_V1_PREFLIGHT]
     return reg
+
+
+def render_kubelet(params: Params) -> dict:
+    """The KubeletConfiguration: the cgroup driver, ``failCgroupV1: false`` with
+    ``allow_cgroup_v1``, then ``kubernetes.kubelet_config`` deep-merged over it."""
+    k = params.kubernetes
+    doc: dict[str, Any] = {"apiVersion": KUBELET_API, "kind": "KubeletConfiguration", "cgroupDriver": k.cgroup_driver}
+    if k.allow_cgroup_v1 and minor(params.versions.kubernetes) >= FAIL_CGROUP_V1_SINCE:
+        doc["failCgroupV1"] = False
+    _deep_merge(doc, k.kubelet_config)
+    return doc
+
+
+def render_kube_proxy(params: Params) -> dict | None:
+    """The KubeProxyConfiguration from ``kubernetes.kube_proxy_config``; None when that is empty."""
+    if not params.kubernetes.kube_proxy_config:
+        return None
+    doc: dict[str, Any] = {"apiVersion": KUBE_PROXY_API, "kind": "KubeProxyConfiguration"}
+    _deep_merge(doc, params.kubernetes.kube_proxy_config)
+    return doc
+
+
+def cgroup_v1_note(params: Params) -> str:
+    """What ``allow_cgroup_v1`` changes in the config, and why (the config step shows it)."""
+    m = minor(params.versions.kubernetes)
+    fail = ("failCgroupV1: false in the KubeletConfiguration (the kubelet refuses cgroup v1 from 1.35 "
+            "without it)" if m >= FAIL_CGROUP_V1_SINCE else
+            f"no failCgroupV1 (the field exists from {fmt(FAIL_CGROUP_V1_SINCE)}; Kubernetes {fmt(m)} runs on cgroup v1)")
+    return (f"cgroup v1 allowed (kubernetes.allow_cgroup_v1): {fail}; kubeadm preflight check "
+            f"{CGROUP_V1_PREFLIGHT} ignored on init and join (it fails on cgroup v1 from kubeadm 1.35 and "
+            "warns on 1.34; kubernetes/system-validators#59). Its kernel-config checks are skipped with it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +262,11 @@ def render_init(params: Params, api_version: str | None = None) -> list[dict]:
     cluster["apiServer"] = {"certSANs": sans}
     if k.image_repository:
         cluster["imageRepository"] = k.image_repository
-    kubelet = {"apiVersion": KUBELET_API, "kind": "KubeletConfiguration", "cgroupDriver": k.cgroup_driver}
-    return [init, cluster, kubelet]
+    docs = [init, cluster, render_kubelet(params)]
+    proxy = render_kube_proxy(params)
+    if proxy:
+        docs.append(proxy)
+    return docs
 
 
 @dataclass
@@ -765,8 +813,11 @@ def init_plan(params: Params, config_text: str) -> list[HostStep]:
         probe=f"test -f {ADMIN_CONF}",
         probe_means=f"{ADMIN_CONF} exists: this host already runs a control plane, which is reused",
         files=[PlanFile(INIT_CONFIG, config_text)],
+        # No separate `kubeadm config images pull`: it pulls every image unconditionally
+        # (cmd/kubeadm/app/cmd/config.go, PullControlPlaneImages), which fails on air-gapped hosts
+        # whose images were preloaded. init's ImagePull preflight check pulls only the missing ones
+        # (nodeRegistration.imagePullPolicy: IfNotPresent).
         commands=[f"kubeadm config validate --config {INIT_CONFIG}",
-                  f"kubeadm config images pull --config {INIT_CONFIG}",
                   f"kubeadm init --config {INIT_CONFIG}" + (" --upload-certs" if ha else "")],
     )]
 

@@ -11,11 +11,18 @@ with the same layout (``https://mirror.example/kubernetes`` ->
 
 Everything is a :class:`~mlplat.cluster.kubeadm.HostStep`: a read-only probe (are the pinned
 versions installed?), the repository file(s), and the commands. The phase runs them over a HostPool.
+
+The real-node lab (``lab.nodes: real`` with ``lab.binaries_dir``) reaches no package repository:
+there the step copies the lab-built kubeadm, kubelet and kubectl from that directory (visible on
+every lab host) to ``/usr/bin`` and writes the two kubelet unit files the upstream packages
+install (:func:`lab_install_step`); teardown removes them again (:func:`lab_remove_step`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shlex
 from dataclasses import dataclass
 
 from ..params.schema import Host, Params
@@ -131,7 +138,10 @@ def missing(params: Params, installed: dict[str, Installed]) -> list[str]:
 
 
 def install_step(params: Params, host: Host, facts: dict | None = None) -> HostStep:
-    """Repository file(s), pinned install and hold for one host."""
+    """Repository file(s), pinned install and hold for one host (on the real-node lab: the copy of
+    the lab-built binaries, :func:`lab_install_step`)."""
+    if lab_binaries(params):
+        return lab_install_step(params, host, facts)
     fam = family(params, facts)
     want = params.versions.kubernetes.lstrip("vV")
     if fam == "debian":
@@ -163,7 +173,10 @@ def install_step(params: Params, host: Host, facts: dict | None = None) -> HostS
 
 
 def remove_step(params: Params, host: Host, facts: dict | None = None) -> HostStep:
-    """Remove the packages, the repository file and the key (teardown, when asked)."""
+    """Remove the packages, the repository file and the key (teardown, when asked); on the
+    real-node lab the copied binaries and unit files (:func:`lab_remove_step`)."""
+    if lab_binaries(params):
+        return lab_remove_step(params, host, facts)
     fam = family(params, facts)
     if fam == "debian":
         cmds = ["apt-mark unhold " + " ".join(PACKAGES) + " >/dev/null 2>&1 || true",
@@ -178,3 +191,187 @@ def remove_step(params: Params, host: Host, facts: dict | None = None) -> HostSt
              f"for f in {leftovers}; do [ -e $f ] && exit 1; done; exit 0")
     return HostStep(host=host.name, step="packages | remove", why="remove the Kubernetes packages and their repository",
                     probe=probe, probe_means="no Kubernetes package or repository file on the host", commands=cmds)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real-node lab: no package repository, the lab-built binaries copied instead
+# ---------------------------------------------------------------------------------------------
+
+BIN_DIR = "/usr/bin"
+# Where the upstream packages put the kubelet's units: kubernetes/release
+# cmd/krel/templates/latest/kubelet/kubelet.spec installs kubelet.service into %{_unitdir}, and
+# .../kubeadm/kubeadm.spec installs 10-kubeadm.conf into %{_unitdir}/kubelet.service.d/; %{_unitdir}
+# is /usr/lib/systemd/system for both the rpm and the deb (debbuild with systemd-deb-macros) builds.
+UNIT_DIR = "/usr/lib/systemd/system"
+KUBELET_UNIT = f"{UNIT_DIR}/kubelet.service"
+KUBEADM_DROPIN = f"{UNIT_DIR}/kubelet.service.d/10-kubeadm.conf"
+
+
+def lab_binaries(params: Params) -> str | None:
+    """``lab.binaries_dir`` when this is the real-node lab that copies binaries, else None."""
+    lab = params.lab
+    if lab is not None and lab.nodes == "real" and lab.binaries_dir:
+        return lab.binaries_dir.rstrip("/") or "/"
+    return None
+
+
+def kubelet_unit() -> str:
+    """The kubelet's systemd unit, as the upstream kubelet package ships it: start the kubelet,
+    restart it forever (kubeadm relies on that while the kubelet waits for its config)."""
+    return ("[Unit]\n"
+            "Description=kubelet: The Kubernetes Node Agent\n"
+            "Documentation=https://kubernetes.io/docs/\n"
+            "Wants=network-online.target\n"
+            "After=network-online.target\n"
+            "\n"
+            "[Service]\n"
+            f"ExecStart={BIN_DIR}/kubelet\n"
+            "Restart=always\n"
+            "StartLimitInterval=0\n"
+            "RestartSec=10\n"
+            "\n"
+            "[Install]\n"
+            "WantedBy=multi-user.target\n")
+
+
+def kubeadm_dropin(fam: str) -> str:
+    """The kubeadm drop-in of the upstream kubeadm package: the kubelet command line kubeadm
+    expects, reading the flags file kubeadm init/join write and the site's override file
+    (/etc/default/kubelet on Debian-family hosts, /etc/sysconfig/kubelet on RHEL-family ones)."""
+    overrides = "/etc/default/kubelet" if fam == "debian" else "/etc/sysconfig/kubelet"
+    return ("# Written by mlplat 30_kubernetes (the lab has no package repository); the same as the\n"
+            "# kubeadm package's drop-in. kubeadm init/join write /var/lib/kubelet/kubeadm-flags.env.\n"
+            "[Service]\n"
+            'Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf '
+            '--kubeconfig=/etc/kubernetes/kubelet.conf"\n'
+            'Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"\n'
+            "EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env\n"
+            f"EnvironmentFile=-{overrides}\n"
+            "ExecStart=\n"
+            f"ExecStart={BIN_DIR}/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS "
+            "$KUBELET_EXTRA_ARGS\n")
+
+
+def lab_unit_files(params: Params, facts: dict | None = None) -> list[PlanFile]:
+    return [PlanFile(KUBELET_UNIT, kubelet_unit(), mode=0o644),
+            PlanFile(KUBEADM_DROPIN, kubeadm_dropin(family(params, facts)), mode=0o644)]
+
+
+# Prints "version <binary> <vX.Y.Z>" for a binary path; each tool says its version differently.
+_VERSION_FN = ("v() { case \"${1##*/}\" in "
+               "kubeadm) \"$1\" version -o short 2>/dev/null;; "
+               "kubelet) \"$1\" --version 2>/dev/null | awk '{print $2}';; "
+               "kubectl) \"$1\" version --client 2>/dev/null | awk '/^Client Version:/{print $3}';; esac; }")
+
+
+def lab_probe_command(src: str, dest: str = BIN_DIR) -> str:
+    """Read-only: per binary, ``source-missing``, its ``version`` in ``src``, and whether the copy
+    in ``dest`` is ``same`` or ``differs`` (byte for byte, ``cmp``); exit 0 only when all three
+    are there and the same."""
+    s, d = shlex.quote(src), shlex.quote(dest)
+    return (f"{_VERSION_FN}; rc=0; for b in {' '.join(LAB_BINARIES)}; do "
+            f"if [ ! -x {s}/$b ]; then echo \"source-missing $b\"; rc=1; continue; fi; "
+            f"echo \"version $b $(v {s}/$b)\"; "
+            f"if cmp -s {s}/$b {d}/$b; then echo \"same $b\"; else echo \"differs $b\"; rc=1; fi; "
+            "done; exit $rc")
+
+
+LAB_BINARIES = ("kubeadm", "kubelet", "kubectl")
+
+
+@dataclass
+class LabProbe:
+    missing: list[str]
+    versions: dict[str, str]
+    same: list[str]
+    differs: list[str]
+
+
+def parse_lab_probe(text: str) -> LabProbe:
+    out = LabProbe([], {}, [], [])
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "source-missing":
+            out.missing.append(parts[1])
+        elif len(parts) >= 2 and parts[0] == "version":
+            out.versions[parts[1]] = parts[2] if len(parts) > 2 else ""
+        elif len(parts) == 2 and parts[0] in ("same", "differs"):
+            (out.same if parts[0] == "same" else out.differs).append(parts[1])
+    return out
+
+
+def lab_problems(params: Params, probe: LabProbe) -> list[str]:
+    """What makes the lab's binaries unusable here: missing, or not the pinned version."""
+    src = lab_binaries(params)
+    want = "v" + params.versions.kubernetes.lstrip("vV")
+    out = [f"{src}/{b} is missing (build the lab binaries: mlplat lab build)" for b in probe.missing]
+    for b, v in probe.versions.items():
+        if v != want:
+            out.append(f"{src}/{b} is {v or 'of unknown version'}, versions.kubernetes pins {want}")
+    return out
+
+
+def lab_install_step(params: Params, host: Host, facts: dict | None = None, dest: str = BIN_DIR) -> HostStep:
+    """Copy the lab-built kubeadm, kubelet and kubectl to ``dest`` and write the kubelet units.
+
+    The probe compares the copies byte for byte with the lab's, so a rerun changes nothing; a
+    changed unit file alone is rewritten without copying again. The first command refuses sources
+    of another version than ``versions.kubernetes`` before anything is copied."""
+    src = lab_binaries(params)
+    if src is None:
+        raise ValueError("lab_install_step needs lab.nodes: real and lab.binaries_dir")
+    want = "v" + params.versions.kubernetes.lstrip("vV")
+    s, d = shlex.quote(src), shlex.quote(dest)
+    check = (f"{_VERSION_FN}; for b in {' '.join(LAB_BINARIES)}; do got=$(v {s}/$b); "
+             f"[ \"$got\" = {want} ] || {{ echo \"{src}/$b is ${{got:-missing or unreadable}}, "
+             f"versions.kubernetes pins {want}\" >&2; exit 1; }}; done")
+    cmds = [check] + [f"install -m 0755 {s}/{b} {d}/{b}" for b in LAB_BINARIES]
+    cmds.append("if command -v systemctl >/dev/null 2>&1; then systemctl daemon-reload && systemctl enable kubelet "
+                "|| echo 'systemctl could not enable kubelet: start it by other means'; "
+                "else echo 'no systemctl: kubelet not enabled (start it by other means)'; fi")
+    return HostStep(host=host.name, step="packages | kubeadm kubelet kubectl",
+                    why=f"lab: no package repository; the lab-built {want} binaries from {src}",
+                    probe=lab_probe_command(src, dest),
+                    probe_means=f"lab: no package repository; the lab-built {want} kubeadm, kubelet and kubectl in "
+                                f"{dest} equal those in {src}",
+                    files=lab_unit_files(params, facts), commands=cmds, files_when_converged=True)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lab_remove_probe(params: Params, facts: dict | None = None, dest: str = BIN_DIR) -> str:
+    """Read-only: ``copied <path>`` for each file phase 30 put there (a binary identical to the
+    lab's, a unit file with the content phase 30 writes); exit 0 when there is none."""
+    src = shlex.quote(lab_binaries(params) or "/nonexistent")
+    d = shlex.quote(dest)
+    lines = [(f"for b in {' '.join(LAB_BINARIES)}; do "
+              f"[ -e {d}/$b ] && cmp -s {src}/$b {d}/$b && echo \"copied {dest}/$b\"; done")]
+    for f in lab_unit_files(params, facts):
+        lines.append(f"[ -e {f.path} ] && [ \"$(sha256sum < {f.path} | cut -d' ' -f1)\" = {_sha256(f.content)} ] "
+                     f"&& echo \"copied {f.path}\"")
+    return "out=$(" + "; ".join(lines) + "); echo \"$out\"; [ -z \"$out\" ]"
+
+
+def parse_lab_remove_probe(text: str) -> list[str]:
+    return [ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith("copied ")]
+
+
+def lab_remove_step(params: Params, host: Host, facts: dict | None = None, dest: str = BIN_DIR) -> HostStep:
+    """Remove what :func:`lab_install_step` put on the host, and only that: binaries still
+    identical to the lab's, unit files still as phase 30 wrote them (a file changed since is kept)."""
+    src = shlex.quote(lab_binaries(params) or "/nonexistent")
+    d = shlex.quote(dest)
+    cmds = [(f"for b in {' '.join(LAB_BINARIES)}; do if [ -e {d}/$b ] && cmp -s {src}/$b {d}/$b; then rm -f {d}/$b; "
+             f"elif [ -e {d}/$b ]; then echo \"kept {dest}/$b: it differs from {lab_binaries(params)}/$b\"; fi; done")]
+    for f in lab_unit_files(params, facts):
+        same = f"[ \"$(sha256sum < {f.path} | cut -d' ' -f1)\" = {_sha256(f.content)} ]"
+        cmds.append(f"if [ -e {f.path} ]; then if {same}; then rm -f {f.path}; "
+                    f"else echo \"kept {f.path}: changed since phase 30 wrote it\"; fi; fi")
+    cmds.append(f"rmdir {UNIT_DIR}/kubelet.service.d 2>/dev/null; "
+                "if command -v systemctl >/dev/null 2>&1; then systemctl daemon-reload >/dev/null 2>&1; fi; true")
+    return HostStep(host=host.name, step="packages | remove",
+                    why="lab: remove the binaries and kubelet units phase 30 copied (no package manager involved)",
+                    probe=lab_remove_probe(params, facts, dest),
+                    probe_means="none of the binaries or unit files phase 30 copied is on the host", commands=cmds)

@@ -72,21 +72,39 @@ def dump_toml(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def config_dict(major: int, pause: str, systemd_cgroup: bool) -> dict:
-    """The settings mlplat owns in config.toml (containerd fills in the rest with its defaults)."""
+def config_dict(major: int, pause: str, systemd_cgroup: bool, restrict_oom: bool = False) -> dict:
+    """The settings mlplat owns in config.toml (containerd fills in the rest with its defaults).
+    ``restrict_oom``: ``restrict_oom_score_adj = true``, for hosts where containerd cannot lower an
+    ``oom_score_adj`` (no CAP_SYS_RESOURCE: a container, a user namespace, the lab); without it
+    every pod sandbox fails with "can't get final child's PID from pipe"."""
     runc = {"runtime_type": "io.containerd.runc.v2", "options": {"SystemdCgroup": systemd_cgroup}}
     if major >= 2:
         plugins = {CRI_V3_IMAGES: {"pinned_images": {"sandbox": pause}},
                    CRI_V3_RUNTIME: {"containerd": {"runtimes": {"runc": runc}}}}
+        if restrict_oom:
+            plugins[CRI_V3_RUNTIME]["restrict_oom_score_adj"] = True
         version = 3
     else:
         plugins = {CRI_V2: {"sandbox_image": pause, "containerd": {"runtimes": {"runc": runc}}}}
+        if restrict_oom:
+            plugins[CRI_V2]["restrict_oom_score_adj"] = True
         version = 2
     return {"version": version, "imports": [f"{DROPIN_DIR}/*.toml"], "plugins": plugins}
 
 
-def render_config(major: int, pause: str, systemd_cgroup: bool) -> str:
-    return dump_toml(config_dict(major, pause, systemd_cgroup))
+def render_config(major: int, pause: str, systemd_cgroup: bool, restrict_oom: bool = False) -> str:
+    return dump_toml(config_dict(major, pause, systemd_cgroup, restrict_oom))
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def lacks_sys_resource(status_text: str) -> bool:
+    """From /proc/self/status: is CAP_SYS_RESOURCE missing from the effective set?"""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return not (int(line.split()[1], 16) >> CAP_SYS_RESOURCE) & 1
+    return False
 
 
 def render_nvidia_dropin(major: int, pause: str, systemd_cgroup: bool) -> str:
@@ -253,12 +271,14 @@ def plan_configure(t: Target) -> Outcome:
         return fail("containerd is not installed and no package offers it (see the install step)")
     major = _major(v)
     pause = pause_image(t)
-    content = render_config(major, pause, _systemd_cgroup(t))
+    restrict = lacks_sys_resource(t.remote.run("cat /proc/self/status").stdout)
+    content = render_config(major, pause, _systemd_cgroup(t), restrict)
     actions = file_action(t, CONFIG, content, backup=True)
     if actions and t.has_systemd and installed_version(t):
         actions.append(Run("systemctl restart containerd", "restart containerd"))
     msg = (f"config version {3 if major >= 2 else 2} for containerd {v}: SystemdCgroup = "
-           f"{str(_systemd_cgroup(t)).lower()}, sandbox {pause}, imports {DROPIN_DIR}/*.toml")
+           f"{str(_systemd_cgroup(t)).lower()}, sandbox {pause}, imports {DROPIN_DIR}/*.toml"
+           + ("; restrict_oom_score_adj = true (no CAP_SYS_RESOURCE on this host)" if restrict else ""))
     if not actions:
         return converged(msg + _dump_check(t))
     return Outcome(actions=actions, message=msg)
@@ -297,8 +317,10 @@ def plan_nvidia_runtime(t: Target) -> Outcome:
     cur = t.remote.read(DROPIN)
     default, binary = dropin_default_runtime(cur or "")
     cfg = t.remote.read(CONFIG)
-    # Plan mode on a host the configure step has not touched yet: that step writes the imports.
-    imports_ok = f"{DROPIN_DIR}/*.toml" in (cfg if cfg is not None else render_config(major, pause, True))
+    # Plan mode on a host the configure step has not touched yet (no config, or the package's own):
+    # that step writes mlplat's, which has the imports.
+    mine = cfg is not None and cfg.startswith("imports = ")
+    imports_ok = f"{DROPIN_DIR}/*.toml" in (cfg if mine else render_config(major, pause, True))
     warnings = []
     stray = t.remote.read("/etc/containerd/config.d/99-nvidia.toml")
     if stray is not None:

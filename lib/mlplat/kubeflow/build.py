@@ -57,6 +57,11 @@ TRAINING_ONLY = [
     "../applications/training-operator/upstream/overlays/kubeflow",
     "../applications/trainer/overlays",
 ]
+TRAINING_OPERATOR_ONLY = [
+    "../common/kubeflow-namespace/base",
+    "../common/kubeflow-roles/base",
+    "../applications/training-operator/upstream/overlays/kubeflow",
+]
 # Entries that install Istio itself (left out when phase 40 owns Istio). Kubeflow's own Istio
 # objects (cluster-local-gateway, kubeflow-istio-resources) stay: they need Istio, not replace it.
 ISTIO_PREFIXES = ("../common/istio/istio-crds/", "../common/istio/istio-namespace/", "../common/istio/istio-install/")
@@ -139,8 +144,10 @@ def choose_entries(source: Source, components: str | list[str], istio_owner: str
         wanted = example_entries(source)
     elif components == "training-only":
         wanted = list(TRAINING_ONLY)
+    elif components == "training-operator":
+        wanted = list(TRAINING_OPERATOR_ONLY)
     else:
-        raise BuildError(f"unknown components {components!r}: use default or training-only")
+        raise BuildError(f"unknown components {components!r}: use default, training-only or training-operator")
     left: dict[str, str] = {}
     out: list[str] = []
     for e in wanted:

@@ -7,7 +7,11 @@ each wrapper's go.mod must agree with it (checked before building). Binaries lan
 ``build.log``; a valid cache (stamp matches the manifest, binaries present, version output right)
 skips the build. Recipe and pitfalls: ``shared/reference/lab-control-plane.md``.
 
-Command line: ``python -m mlplat.lab.build [--force] [--json]``.
+Two sets of components: :data:`KWOK_COMPONENTS` (the default lab: control plane, etcd, KWOK, the
+training operator) and :data:`REAL_NODE_COMPONENTS` (kubeadm-built nodes: adds kubelet,
+kube-proxy and CoreDNS, drops KWOK); :data:`NODE_SETS` names them for the command line.
+
+Command line: ``python -m mlplat.lab.build [--nodes kwok|real|all] [--force] [--json]``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import hashlib
 import json
 import mmap
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,16 +41,24 @@ GO_DIR = REPO_ROOT / "lab" / "go"
 # - sigs.k8s.io/kwok v0.8.0 (served: v0.6.1, v0.7.0, v0.8.0)
 # - github.com/kubeflow/training-operator v1.9.4: `-versions` lists only v1.8.1, but v1.9.0-v1.9.4
 #   resolve when asked for by name; v1.9.5 is "not available".
+# - github.com/coredns/coredns v1.12.1, the CoreDNS kubeadm v1.34.4 deploys (`kubeadm config
+#   images list`): `-versions` lists only v1.14.3 ... v1.15.0, but v1.12.1 resolves by name.
+# Keys are the wrapper modules under lab/go/ (one component may share another's wrapper).
 VERSIONS: dict[str, str] = {
     "kubernetes": "v1.34.4",
     "etcd": "v3.6.16",
     "kwok": "v0.8.0",
     "training-operator": "v1.9.4",
+    "coredns": "v1.12.1",
 }
 
 # Upstream tag time of k8s.io/kubernetes v1.34.4 (`go list -m -json`), stamped as buildDate so
 # that builds are reproducible. The module zip carries no commit, so gitCommit stays unset.
 KUBERNETES_BUILD_DATE = "2026-02-10T12:53:36Z"
+
+# Commit of the coredns v1.12.1 tag (`go list -m -json`, Origin.Hash), abbreviated as upstream's
+# Makefile stamps it (GITCOMMIT); `coredns -version` prints it on its second line.
+COREDNS_GIT_COMMIT = "707c7c1"
 
 Progress = Callable[[str], None]
 
@@ -62,7 +73,7 @@ class LabBuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Component:
-    """One wrapper module under lab/go/ and the binaries built from it."""
+    """A set of binaries built from one wrapper module under lab/go/, cached together."""
 
     name: str
     module: str
@@ -71,14 +82,15 @@ class Component:
     tags: str = ""
     # How to ask each binary its version; None means "read the Go build info" (no version flag).
     version_args: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    go_dir: str = ""  # the wrapper module lab/go/<go_dir> (and key of VERSIONS); default: name
 
     @property
     def version(self) -> str:
-        return VERSIONS[self.name]
+        return VERSIONS[self.go_dir or self.name]
 
     @property
     def wrapper(self) -> Path:
-        return GO_DIR / self.name
+        return GO_DIR / (self.go_dir or self.name)
 
 
 def _kubernetes_ldflags(version: str) -> str:
@@ -98,6 +110,9 @@ def _kubernetes_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
+_KUBERNETES_LDFLAGS = _kubernetes_ldflags(VERSIONS["kubernetes"])
+_KUBERNETES_TAGS = "selinux,notest,grpcnotrace"  # as upstream hack/lib/golang.sh
+
 COMPONENTS: tuple[Component, ...] = (
     Component(
         name="kubernetes",
@@ -106,8 +121,8 @@ COMPONENTS: tuple[Component, ...] = (
             b: f"k8s.io/kubernetes/cmd/{b}"
             for b in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm", "kubectl")
         },
-        ldflags=_kubernetes_ldflags(VERSIONS["kubernetes"]),
-        tags="selinux,notest,grpcnotrace",  # as upstream hack/lib/golang.sh
+        ldflags=_KUBERNETES_LDFLAGS,
+        tags=_KUBERNETES_TAGS,
         version_args={
             "kube-apiserver": ("--version",),
             "kube-controller-manager": ("--version",),
@@ -115,6 +130,18 @@ COMPONENTS: tuple[Component, ...] = (
             "kubeadm": ("version", "-o", "short"),
             "kubectl": ("version", "--client"),
         },
+    ),
+    # The node binaries of real (kubeadm) nodes: same wrapper, replaces, tags and version stamp as
+    # the control plane (kubeadm's preflight parses `kubelet --version`), cached on their own so
+    # the KWOK lab neither builds nor checks them.
+    Component(
+        name="kubernetes-node",
+        go_dir="kubernetes",
+        module="k8s.io/kubernetes",
+        binaries={b: f"k8s.io/kubernetes/cmd/{b}" for b in ("kubelet", "kube-proxy")},
+        ldflags=_KUBERNETES_LDFLAGS,
+        tags=_KUBERNETES_TAGS,
+        version_args={"kubelet": ("--version",), "kube-proxy": ("--version",)},
     ),
     Component(
         name="etcd",
@@ -134,7 +161,36 @@ COMPONENTS: tuple[Component, ...] = (
         binaries={"training-operator.v1": "github.com/kubeflow/training-operator/cmd/training-operator.v1"},
         version_args={"training-operator.v1": None},
     ),
+    Component(
+        name="coredns",
+        module="github.com/coredns/coredns",
+        binaries={"coredns": "github.com/coredns/coredns"},
+        ldflags=f"-s -w -X github.com/coredns/coredns/coremain.GitCommit={COREDNS_GIT_COMMIT}",
+        version_args={"coredns": ("-version",)},
+    ),
 )
+
+# Which components each kind of lab needs (names of COMPONENTS, built in COMPONENTS order).
+KWOK_COMPONENTS: tuple[str, ...] = ("kubernetes", "etcd", "kwok", "training-operator")
+REAL_NODE_COMPONENTS: tuple[str, ...] = ("kubernetes", "kubernetes-node", "etcd", "coredns", "training-operator")
+NODE_SETS: dict[str, tuple[str, ...]] = {
+    "kwok": KWOK_COMPONENTS,
+    "real": REAL_NODE_COMPONENTS,
+    "all": tuple(c.name for c in COMPONENTS),
+}
+
+
+def select_components(names=None) -> tuple[Component, ...]:
+    """The components named (any iterable of COMPONENTS names; None: :data:`KWOK_COMPONENTS`), in
+    COMPONENTS order. Raises a permanent :class:`LabBuildError` naming any unknown name."""
+    wanted = set(KWOK_COMPONENTS if names is None else ([names] if isinstance(names, str) else names))
+    unknown = sorted(wanted - {c.name for c in COMPONENTS})
+    if unknown:
+        raise LabBuildError(
+            f"lab build | unknown component(s) {', '.join(unknown)}: choose from "
+            f"{', '.join(c.name for c in COMPONENTS)}"
+        )
+    return tuple(c for c in COMPONENTS if c.name in wanted)
 
 
 def cache_root() -> Path:
@@ -224,9 +280,18 @@ def _check_wrapper(component: Component) -> None:
         )
 
 
-def _peak_rss_mb() -> float:
-    # Largest resident set of any finished child so far (the Go compiler/linker processes).
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def _run_measured(cmd: list[str], **kwargs) -> tuple[int, float]:
+    """Run ``cmd``; return its exit code and the peak RSS (MB) of its process tree: wait4's
+    ru_maxrss covers the Go compile/link processes that ``go build`` waited for."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+    return proc.returncode, usage.ru_maxrss / 1024
 
 
 def _build_component(component: Component, manifest_hash: str, progress: Progress, t0: float) -> dict:
@@ -239,6 +304,7 @@ def _build_component(component: Component, manifest_hash: str, progress: Progres
     env = dict(os.environ, CGO_ENABLED="0")
     env["GOFLAGS"] = " ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=readonly"]))
     seconds: dict[str, float] = {}
+    peak_rss_mb: dict[str, int] = {}
     with log_path.open("w") as log:
         goversion = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
         log.write(f"# {component.name} {component.version}  {goversion}\n# wrapper {component.wrapper}\n")
@@ -247,26 +313,31 @@ def _build_component(component: Component, manifest_hash: str, progress: Progres
             if component.tags:
                 cmd += ["-tags", component.tags]
             cmd.append(pkg)
-            progress(f"lab build | {name} {component.version} | building (total {time.monotonic() - t0:.0f}s)")
+            progress(f"lab build | {component.name}: {name} {component.version} | building "
+                     f"(total {time.monotonic() - t0:.0f}s)")
             log.write(f"\n$ CGO_ENABLED=0 GOFLAGS='{env['GOFLAGS']}' {' '.join(cmd)}\n")
             log.flush()
             start = time.monotonic()
-            rc = subprocess.run(cmd, cwd=component.wrapper, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            rc, rss = _run_measured(cmd, cwd=component.wrapper, env=env, stdout=log, stderr=subprocess.STDOUT)
             seconds[name] = round(time.monotonic() - start, 1)
-            log.write(f"# rc={rc} {seconds[name]}s peak-rss-so-far={_peak_rss_mb():.0f}MB\n")
+            peak_rss_mb[name] = round(rss)
+            log.write(f"# rc={rc} {seconds[name]}s peak-rss={peak_rss_mb[name]}MB\n")
             log.flush()
             if rc != 0:
                 tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
                 raise LabBuildError(
-                    f"lab build | {name} {component.version} | go build failed (rc={rc}); log: {log_path}\n{tail}",
+                    f"lab build | {component.name}: {name} {component.version} | go build failed (rc={rc}); "
+                    f"log: {log_path}\n{tail}",
                     permanent=False,
                 )
             ok, said = _version_ok(component, name, work / name)
             if not ok:
-                raise LabBuildError(f"lab build | {name} | built binary reports {said!r}, want {component.version}")
+                raise LabBuildError(
+                    f"lab build | {component.name}: {name} | built binary reports {said!r}, want {component.version}"
+                )
             progress(
-                f"lab build | {name} {component.version} | built in {seconds[name]:.0f}s "
-                f"(total {time.monotonic() - t0:.0f}s, peak RSS so far {_peak_rss_mb():.0f} MB): {said}"
+                f"lab build | {component.name}: {name} {component.version} | built in {seconds[name]:.0f}s "
+                f"(peak RSS {peak_rss_mb[name]} MB, total {time.monotonic() - t0:.0f}s): {said}"
             )
         if component.name == "training-operator":
             _copy_training_operator_crds(component, work, env, log)
@@ -276,6 +347,7 @@ def _build_component(component: Component, manifest_hash: str, progress: Progres
         "manifest": manifest_hash,
         "go": goversion,
         "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (work / "stamp.json").write_text(json.dumps(stamp, indent=2) + "\n")
@@ -301,22 +373,28 @@ def _copy_training_operator_crds(component: Component, work: Path, env: dict, lo
         log.write(f"# copied CRD {f}\n")
 
 
-def ensure_binaries(force: bool = False, progress: Progress = print) -> dict[str, Path]:
-    """Build (or reuse from the cache) every lab binary; return binary name -> absolute path.
+def ensure_binaries(
+    force: bool = False, progress: Progress = print, components=None
+) -> dict[str, Path]:
+    """Build (or reuse from the cache) the lab's binaries; return binary name -> absolute path.
 
-    Names: kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm, kubectl, etcd, kwok,
-    kwokctl, training-operator.v1 (its CRDs: :func:`training_operator_crds`). Components build one
-    after the other (the machine has 2 cores); each cached component is checked (stamp matches
-    the lab/go manifest, binaries present, version output right) and skipped when valid, unless
-    ``force``. Raises :class:`LabBuildError` (permanent when Go is missing or a manifest is
+    ``components``: names from COMPONENTS (e.g. :data:`REAL_NODE_COMPONENTS`); None builds the
+    KWOK lab's set, :data:`KWOK_COMPONENTS`, whose names are kube-apiserver,
+    kube-controller-manager, kube-scheduler, kubeadm, kubectl, etcd, kwok, kwokctl and
+    training-operator.v1 (its CRDs: :func:`training_operator_crds`); kubernetes-node adds kubelet
+    and kube-proxy, coredns adds coredns. Components build one after the other (the machine has 2
+    cores); each cached component is checked (stamp matches the lab/go manifest, binaries present,
+    version output right) and skipped when valid, unless ``force``. Raises
+    :class:`LabBuildError` (permanent when Go is missing, a component is unknown or a manifest is
     inconsistent; temporary when ``go build`` fails, e.g. the proxy was unreachable).
     """
     t0 = time.monotonic()
     paths: dict[str, Path] = {}
-    for component in COMPONENTS:
+    selected = select_components(components)
+    for component in selected:
         _check_wrapper(component)
     with _cache_lock(progress):
-        for component in COMPONENTS:
+        for component in selected:
             manifest_hash = _manifest_hash(component)
             valid, why = (False, "forced") if force else _cache_valid(component, manifest_hash)
             if valid:
@@ -331,28 +409,35 @@ def ensure_binaries(force: bool = False, progress: Progress = print) -> dict[str
 
 
 @contextlib.contextmanager
-def _cache_lock(progress: Progress):
-    # Two callers at once (the CLI and a test session) would build into the same .partial dirs.
-    lock_path = cache_root() / "bin" / ".lock"
+def file_lock(lock_path: Path, progress: Progress, what: str):
+    """An exclusive lock on ``lock_path``, saying so when another process holds it."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            progress(f"lab build | waiting for another build holding {lock_path}")
+            progress(f"{what} | waiting for another build holding {lock_path}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _cache_lock(progress: Progress):
+    # Two callers at once (the CLI and a test session) would build into the same .partial dirs.
+    return file_lock(cache_root() / "bin" / ".lock", progress, "lab build")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``mlplat lab build``: build or verify the lab binaries; prints their paths."""
     parser = argparse.ArgumentParser(prog="mlplat lab build", description=ensure_binaries.__doc__.splitlines()[0])
+    parser.add_argument("--nodes", choices=sorted(NODE_SETS), default="kwok",
+                        help="which lab's binaries: kwok (default), real (kubeadm nodes: kubelet, "
+                             "kube-proxy, CoreDNS) or all")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
     parser.add_argument("--json", action="store_true", help="print name -> path as JSON on stdout")
     args = parser.parse_args(argv)
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     try:
-        paths = ensure_binaries(force=args.force, progress=log)
+        paths = ensure_binaries(force=args.force, progress=log, components=NODE_SETS[args.nodes])
     except LabBuildError as e:
         print(e, file=sys.stderr)
         return 2 if e.permanent else 1

@@ -31,18 +31,22 @@ def _update_params(path: Path, updates: dict) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def up(state_dir: Path, hosts: int | None = None, cluster: bool = True, network: str | None = None) -> Path:
+def up(state_dir: Path, hosts: int | None = None, cluster: bool = True, network: str | None = None,
+       nodes: str | None = None) -> Path:
     """Start `hosts` SSH hosts (None: keep the lab's size, 2 for a new lab) and, unless `cluster` is
     False, the control plane with one KWOK node per host. Running it again keeps what runs and starts
     what is missing. `network` picks another 127.0.x block for the hosts (a second lab beside the
-    default one). Returns the params file."""
+    default one). `nodes="real"`: hosts that become real Kubernetes nodes (no KWOK cluster: phase 30
+    builds the cluster with kubeadm; see :func:`_real_up`). Returns the params file."""
     from . import hosts as lab_hosts
 
     _require_root()
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    if nodes == "real" or (nodes is None and _recorded_nodes(state_dir) == "real"):
+        return _real_up(state_dir, hosts, network)
     try:
-        params_path = lab_hosts.up(state_dir, count=hosts, network=network)
+        params_path = lab_hosts.up(state_dir, count=hosts, network=network, nodes=nodes)
     except Exception as e:  # report the failing part by name; details are in the message
         raise LabError(f"lab hosts: {e}") from e
     if cluster:
@@ -68,6 +72,100 @@ def up(state_dir: Path, hosts: int | None = None, cluster: bool = True, network:
         except Exception as e:
             raise LabError(f"lab cluster: {e}") from e
     return params_path
+
+
+def _recorded_nodes(state_dir: Path) -> str | None:
+    from . import hosts as lab_hosts
+
+    recorded = lab_hosts._read_state(state_dir)
+    return recorded[0].nodes if recorded else None
+
+
+REAL_NODE_BINARIES = ("kubeadm", "kubelet", "kubectl")
+
+
+def _real_up(state_dir: Path, hosts: int | None, network: str | None) -> Path:
+    """Hosts that can be real nodes, the binaries phase 30 installs on them, and the image kit
+    (every image the cluster, the training operator and phase 60 run), all built locally and
+    cached; the params point phase 30 and 50 at them. No cluster: phase 30 makes it."""
+    from . import build
+    from . import hosts as lab_hosts
+    from . import images as lab_images
+
+    try:
+        binaries = build.ensure_binaries(components=build.NODE_SETS["real"])
+    except Exception as e:
+        raise LabError(f"lab binaries: {e}") from e
+    bin_dir = state_dir / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in REAL_NODE_BINARIES:
+        src = _find_binary(binaries, name)
+        link = bin_dir / name
+        if not link.is_symlink() or os.readlink(link) != str(src):
+            link.unlink(missing_ok=True)
+            link.symlink_to(src)
+    try:
+        built = lab_images.ensure_images()
+    except Exception as e:
+        raise LabError(f"lab images: {e}") from e
+    kit = state_dir / "images"
+    kit.mkdir(exist_ok=True)
+    wanted = set()
+    for img in built:
+        link = kit / Path(img.path).name
+        wanted.add(link.name)
+        if not link.is_symlink() or os.readlink(link) != str(img.path):
+            link.unlink(missing_ok=True)
+            link.symlink_to(img.path)
+    for stale in kit.glob("*.tar"):
+        if stale.name not in wanted:
+            stale.unlink()
+    try:
+        params_path = lab_hosts.up(state_dir, count=hosts, network=network, nodes="real")
+    except Exception as e:
+        raise LabError(f"lab hosts: {e}") from e
+    trainer = next((i.name for i in built if "/mlplat/trainer:" in i.name), None)
+    data = yaml.safe_load(params_path.read_text()) or {}
+    k = dict(data.get("kubernetes") or {})
+    k.pop("existing_kubeconfig", None)
+    k.update(REAL_KUBERNETES)
+    k["image_archives"] = str(kit)
+    data["kubernetes"] = k
+    data.setdefault("lab", {})["binaries_dir"] = str(bin_dir)
+    kf = dict(data.get("kubeflow") or {})
+    # The v1 training operator alone: cert-manager, Trainer v2 and Istio have no images built here.
+    kf["components"] = "training-operator"
+    kf["image_mirror"] = {"mode": "node-import", "archive_dir": str(kit)}
+    data["kubeflow"] = kf
+    if trainer:
+        data.setdefault("validation", {})["image"] = trainer
+    params_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return params_path
+
+
+# What phase 30 needs to build a cluster on the lab's hosts (reference/real-nodes.md, parts 4 and 5):
+# cgroup v1 (kubeadm's SystemVerification check ignored, named in its config step), the cgroupfs
+# driver, no eviction or image GC on the machine's one shared disk, no global conntrack sizing
+# (nf_conntrack_max is not writable from a network namespace), and a bridge CNI with routes (the
+# hosts share one L2 segment).
+REAL_KUBERNETES = {
+    "cgroup_driver": "cgroupfs",
+    "allow_cgroup_v1": True,
+    "cni": "bridge",
+    "kubelet_config": {
+        "imageGCHighThresholdPercent": 100,
+        "evictionHard": {"nodefs.available": "0%", "imagefs.available": "0%", "nodefs.inodesFree": "0%"},
+        "failSwapOn": False,
+    },
+    "kube_proxy_config": {"conntrack": {"maxPerCore": 0}},
+    "net_check_image": "docker.io/library/busybox:1.36.1",
+}
+
+
+def _find_binary(binaries: dict, name: str) -> Path:
+    if name not in binaries:
+        raise LabError(f"lab binaries: {name} was not built (mlplat lab build --nodes real)")
+    return Path(binaries[name])
 
 
 def down(state_dir: Path) -> None:
@@ -111,8 +209,9 @@ def status_table(state_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["component", "ok", "detail"])
 
 
-def build_binaries(force: bool = False) -> dict:
-    """Build the lab's Go binaries, or confirm the cache holds them."""
-    from .build import ensure_binaries
+def build_binaries(force: bool = False, nodes: str = "kwok") -> dict:
+    """Build the lab's Go binaries, or confirm the cache holds them. ``nodes``: a key of
+    :data:`mlplat.lab.build.NODE_SETS` (kwok: the default lab; real: kubeadm nodes; all)."""
+    from .build import NODE_SETS, ensure_binaries
 
-    return ensure_binaries(force=force)
+    return ensure_binaries(force=force, components=NODE_SETS[nodes])

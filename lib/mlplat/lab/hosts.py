@@ -60,6 +60,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -100,6 +101,7 @@ class LabHost:
     address: str
     port: int
     machine_id: str
+    nodes: str = "kwok"  # "real": own network namespace, cgroup root and init (mlplat.lab.realnodes)
 
     def dir(self, state_dir: Path) -> Path:
         return state_dir / "hosts" / self.name
@@ -141,14 +143,16 @@ def free_network(count: int, port: int = DEFAULT_PORT, start: int = 11) -> str:
     raise LabError("no free 127.0.x block on the loopback interface")
 
 
-def _mount_script(hdir: Path, layers: Path) -> str:
+def _mount_script(hdir: Path, layers: Path, early: list[str] = ()) -> str:
     """Shell lines, run inside the host's fresh mount namespace, that give it its file systems.
-    The order matters: the state and layer paths are resolved before anything covers them."""
+    The order matters: the state and layer paths are resolved before anything covers them
+    (`early` lines run at that point too)."""
     lines = [
         "mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run",
         f"mkdir -p /run/sshd /run/lock {MOUNT_POINT}",
         f"mount --bind {hdir}/ssh {MOUNT_POINT}",
         f"mount -o remount,bind,ro {MOUNT_POINT}",
+        *early,
     ]
     for d in OVERLAID:
         lines.append(f"mount -t overlay overlay -o lowerdir=/{d},upperdir={layers}/upper/{d},"
@@ -303,15 +307,16 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _listeners(address: str, port: int, wildcard: bool = True) -> set[int]:
+def _listeners(address: str, port: int, wildcard: bool = True, pid: int | None = None) -> set[int]:
     """Socket inodes listening on address:port, or on that port of every address (IPv4 or IPv6
-    wildcard: either can make the bind fail), read from /proc/net/tcp{,6}: no connection is made,
-    so sshd logs nothing."""
+    wildcard: either can make the bind fail), read from /proc/net/tcp{,6} (of `pid`'s network
+    namespace when given): no connection is made, so sshd logs nothing."""
     wanted = {"{:08X}:{:04X}".format(int.from_bytes(bytes(int(x) for x in address.split(".")), "little"), port)}
     if wildcard:
         wanted |= {f"00000000:{port:04X}", f"00000000000000000000000000000000:{port:04X}"}
     out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    base = f"/proc/{pid}/net" if pid else "/proc/net"
+    for table in (f"{base}/tcp", f"{base}/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -341,6 +346,9 @@ def _host_listening(state_dir: Path, h: LabHost, pid: int | None = None) -> bool
     pid = pid if pid is not None else _host_pid(state_dir, h)
     if pid is None:
         return False
+    if h.nodes == "real":
+        # Its own network namespace: only its own sshd can listen on its address there.
+        return any(_listeners(h.address, h.port, wildcard=False, pid=c) for c in _children(pid))
     inodes = _listeners(h.address, h.port)
     return any(inodes & _socket_inodes(c) for c in _children(pid))
 
@@ -372,6 +380,8 @@ def _sshd_config(h: LabHost) -> str:
 def _start_script(state_dir: Path, h: LabHost, all_hosts: list[LabHost]) -> str:
     hdir = h.dir(state_dir)
     hosts_lines = "\n".join(f"{x.address} {x.name} # mlplat-lab" for x in all_hosts)
+    if h.nodes == "real":
+        return _real_start_script(state_dir, h, hosts_lines)
     return f"""set -e
 echo {h.name} > /proc/sys/kernel/hostname
 {_mount_script(hdir, _layers(state_dir) / h.name)}
@@ -386,6 +396,45 @@ cat >> /etc/hosts <<'EOF'
 {hosts_lines}
 EOF
 exec setpriv --bounding-set -sys_module {_sshd()} -D -e -f {MOUNT_POINT}/sshd_config
+"""
+
+
+def _real_start_script(state_dir: Path, h: LabHost, hosts_lines: str) -> str:
+    """A real-node host (mlplat.lab.realnodes): already in its network namespace and cgroup; its
+    init is mlplat.lab.supervisor, with systemctl/journalctl shims on its PATH."""
+    from . import realnodes
+
+    hdir = h.dir(state_dir)
+    gateway = h.address.rsplit(".", 1)[0] + f".{realnodes.GATEWAY_ADDRESS}"
+    py = os.path.realpath(sys.executable)
+    from .build import cache_root
+
+    early, late = realnodes.mount_lines(hdir / "data", [cache_root().absolute()] if _overlaid_top(cache_root()) else [])
+    real = "\n".join(late)
+    shim = "\n".join(f"printf '#!/bin/sh\\nexec {py} -S {MOUNT_POINT}/supervisor.py {n} \"$@\"\\n' > /usr/local/sbin/{n}\n"
+                     f"chmod 755 /usr/local/sbin/{n}" for n in ("systemctl", "journalctl"))
+    return f"""set -e
+echo {h.name} > /proc/sys/kernel/hostname
+# The machine's named network namespaces (other lab hosts') must not be pinned by this host's copy
+# of the mount table.
+for m in $(awk '$5 ~ "^/run/netns/" {{print $5}}' /proc/self/mountinfo); do umount -l "$m" || true; done
+umount -l /run/netns 2>/dev/null || true
+{_mount_script(hdir, _layers(state_dir) / h.name, early)}
+{real}
+echo {h.name} > /etc/hostname
+echo {h.machine_id} > /etc/machine-id
+rm -f /etc/resolv.conf
+# No resolver is reachable from the lab: an inert lab address (not loopback, which CoreDNS's loop
+# plugin would refuse), so cluster DNS works and outside names time out.
+echo "nameserver {gateway}" > /etc/resolv.conf
+if [ -f /etc/hosts ]; then sed -i '/# mlplat-lab$/d' /etc/hosts; fi
+cat >> /etc/hosts <<'EOF'
+{hosts_lines}
+EOF
+mkdir -p /usr/local/sbin
+{shim}
+exec setpriv --bounding-set -sys_module {py} {MOUNT_POINT}/supervisor.py init {_marker(hdir)} -- \\
+  {_sshd()} -D -e -f {MOUNT_POINT}/sshd_config
 """
 
 
@@ -415,21 +464,32 @@ def _prepare_host(state_dir: Path, h: LabHost, client_pub: str) -> None:
         _keygen(key, f"root@{h.name}")
     _atomic_write(ssh / "sshd_config", _sshd_config(h))
     _atomic_write(ssh / "authorized_keys", client_pub)
+    if h.nodes == "real":
+        shutil.copy2(Path(__file__).with_name("supervisor.py"), ssh / "supervisor.py")
+        (hdir / "data").mkdir(exist_ok=True)
 
 
 def _start(state_dir: Path, h: LabHost, all_hosts: list[LabHost]) -> subprocess.Popen:
     hdir = h.dir(state_dir)
-    if _listeners(h.address, h.port):
+    if h.nodes != "real" and _listeners(h.address, h.port):
         raise LabError(f"{h.name}: something else already listens on {h.address}:{h.port} (or on port {h.port} "
                        f"of every address, e.g. the machine's own sshd): stop it, or use another port "
                        f"(the lab's port: mlplat.lab.hosts.up(..., port=2222))")
     script = hdir / "start.sh"
     _atomic_write(script, _start_script(state_dir, h, all_hosts))
     log = open(hdir / "sshd.log", "ab")
+    argv = ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
+            "--propagation", "private", "sh", str(script), _marker(hdir)]
+    if h.nodes == "real":
+        from . import realnodes
+
+        lid = realnodes.lab_id(state_dir)
+        cgroups = realnodes.cgroup_up(lid, h.name)
+        enter = "".join(f"echo $$ > {d}/cgroup.procs; " for d in cgroups)
+        argv = ["sh", "-c", enter + 'exec nsenter --net=/run/netns/"$0" "$@"', realnodes.host_ns(lid, h.name),
+                *argv[:1], "--cgroup", *argv[1:]]
     try:
-        proc = subprocess.Popen(
-            ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
-             "--propagation", "private", "sh", str(script), _marker(hdir)],
+        proc = subprocess.Popen(argv,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
             # Its own session: a Ctrl-C in the terminal or notebook that ran `up` does not stop the lab.
             start_new_session=True)
@@ -550,7 +610,7 @@ def _write_params(state_dir: Path, hosts: list[LabHost], port: int) -> Path:
     data["ssh"] = ssh
     lab = dict(data.get("lab") or {})
     lab["state_dir"] = str(state_dir)
-    lab.setdefault("nodes", "kwok")
+    lab["nodes"] = hosts[0].nodes if hosts else "kwok"
     data["lab"] = lab
     # Lab hosts run the machine's own OS (their /usr is an overlay of it), and reach no package
     # repository but the distribution's, so containerd comes from there.
@@ -575,7 +635,7 @@ def _write_params(state_dir: Path, hosts: list[LabHost], port: int) -> Path:
 # -- public API ---------------------------------------------------------------------------------
 
 def up(state_dir: str | os.PathLike, count: int | None = None, *, port: int | None = None,
-       network: str | None = None) -> Path:
+       network: str | None = None, nodes: str | None = None) -> Path:
     """Bring the lab's SSH hosts up and return the path of the lab params file.
 
     `count`: how many hosts (default: as many as the lab has, or 2 for a new lab); hosts beyond
@@ -584,6 +644,9 @@ def up(state_dir: str | os.PathLike, count: int | None = None, *, port: int | No
     `port`: the SSH port of every host (default 22, or the lab's current one). `network`: the
     first three octets of the hosts' loopback addresses (default 127.0.10, or the lab's current
     one); a second lab on the same machine needs its own (see :func:`free_network`).
+    `nodes`: ``kwok`` (default; sshd on loopback) or ``real`` (hosts that can be Kubernetes nodes:
+    own network namespaces on a lab bridge in `network` (default 10.213.0), cgroup roots, init;
+    see :mod:`mlplat.lab.realnodes`). A lab keeps its flavour until ``down --purge``.
     """
     _require_root()
     _require_tools()
@@ -595,9 +658,26 @@ def up(state_dir: str | os.PathLike, count: int | None = None, *, port: int | No
             count = len(existing) or DEFAULT_COUNT
         if count < 1:
             raise LabError(f"a lab needs at least one host, not {count}")
+        flavour = existing[0].nodes if existing else (nodes or "kwok")
+        if nodes and nodes != flavour:
+            raise LabError(f"the lab under {state} has {flavour} nodes; `mlplat lab down --purge` it first to make "
+                           f"one with {nodes} nodes (or use another state directory)")
+        if flavour not in ("kwok", "real"):
+            raise LabError(f"lab nodes {flavour!r}: kwok or real")
+        real = flavour == "real"
+        if real:
+            from . import realnodes
         if network is None:
-            network = existing[0].address.rsplit(".", 1)[0] if existing else DEFAULT_NETWORK
-        _check_network(network)
+            network = existing[0].address.rsplit(".", 1)[0] if existing else (
+                realnodes.DEFAULT_NETWORK if real else DEFAULT_NETWORK)
+        if real:
+            try:
+                realnodes.check_network(network)
+            except realnodes.RealNodesError as e:
+                raise LabError(str(e)) from e
+            port = DEFAULT_PORT
+        else:
+            _check_network(network)
         if port is None:
             port = existing[0].port if existing else _default_port(network, count)
         by_name = {h.name: h for h in existing}
@@ -605,8 +685,9 @@ def up(state_dir: str | os.PathLike, count: int | None = None, *, port: int | No
         for i in range(1, count + 1):
             name = f"lab-{i}"
             old = by_name.get(name)
-            hosts.append(LabHost(name=name, address=_address(network, i), port=port,
-                                 machine_id=old.machine_id if old else uuid.uuid4().hex))
+            hosts.append(LabHost(name=name, address=realnodes.address(network, i) if real else _address(network, i),
+                                 port=port, machine_id=old.machine_id if old else uuid.uuid4().hex,
+                                 nodes=flavour))
         wanted = {h.name: h for h in hosts}
         for old in existing:
             new = wanted.get(old.name)
@@ -617,6 +698,12 @@ def up(state_dir: str | os.PathLike, count: int | None = None, *, port: int | No
             _keygen(key, "mlplat-lab")
         client_pub = (state / "id_ed25519.pub").read_text()
         _write_state(state, hosts, layers)
+        if real:
+            realnodes.record_sysctls(state)
+            try:
+                realnodes.net_up(network, realnodes.lab_id(state), [(i, h.name) for i, h in enumerate(hosts, 1)])
+            except realnodes.RealNodesError as e:
+                raise LabError(f"lab network: {e}") from e
         started = []
         for h in hosts:
             _prepare_host(state, h, client_pub)
@@ -655,6 +742,8 @@ def down(state_dir: str | os.PathLike, *, purge: bool = False) -> None:
         mounts = lab_mounts(state)
         if mounts:
             raise LabError("lab mounts still present after down:\n  " + "\n  ".join(mounts[:10]))
+        if any(h.nodes == "real" for h in recorded):
+            _real_down(state, recorded)
     if purge:
         layers = _layers(state)
         shutil.rmtree(state)
@@ -662,6 +751,28 @@ def down(state_dir: str | os.PathLike, *, purge: bool = False) -> None:
             shutil.rmtree(layers)
             with contextlib.suppress(OSError):
                 layers.parent.rmdir()  # only when empty: other labs' layers may live beside it
+
+
+def _real_down(state: Path, hosts: list[LabHost]) -> None:
+    """What a real-node lab leaves besides processes and mounts: its network namespaces and veth,
+    cgroup directories, the CNI's IP reservations of containers that no longer exist, and the
+    machine-wide sysctls the kubelet changed."""
+    from . import realnodes
+
+    lid = realnodes.lab_id(state)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    left = realnodes.cgroup_down(lid)
+    while left and time.monotonic() < deadline:  # the namespaces' last processes may still be exiting
+        time.sleep(0.2)
+        left = realnodes.cgroup_down(lid)
+    realnodes.net_down(lid)
+    layers = _layers(state)
+    for h in hosts:
+        shutil.rmtree(layers / h.name / "upper" / "var" / "lib" / "cni", ignore_errors=True)
+    realnodes.restore_sysctls(state)
+    rest = {k: v for k, v in realnodes.leftovers(state).items() if v}
+    if left or rest:
+        raise LabError("real-node lab leftovers after down: " + "; ".join(left + [f"{k}: {v}" for k, v in rest.items()]))
 
 
 def status(state_dir: str | os.PathLike) -> list[dict]:

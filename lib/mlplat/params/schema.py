@@ -10,7 +10,8 @@ Secrets are references, never values: a field typed :class:`SecretRef` accepts
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal, Optional
+import re
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -227,15 +228,93 @@ class Kubernetes(Strict):
     control_plane_endpoint: Optional[str] = None
     cgroup_driver: Literal["systemd", "cgroupfs"] = "systemd"
     image_repository: Optional[str] = None
-    cni: Literal["flannel", "none"] = "flannel"
+    # flannel (DaemonSet from the offline bundle) | bridge (the CNI bridge plugin written on every
+    # host, plus host-gw routes between the nodes' pod ranges) | none (bring your own)
+    cni: Literal["flannel", "bridge", "none"] = "flannel"
     field_manager: str = "mlplat"
     request_timeout: float = Field(30.0, gt=0)
+    # cgroup v1 hosts: failCgroupV1: false for the kubelet and kubeadm's SystemVerification ignored.
+    allow_cgroup_v1: bool = False
+    # Deep-merged into the rendered KubeletConfiguration (camelCase field names, as kubelet writes them).
+    kubelet_config: dict[str, Any] = {}
+    # Rendered as a KubeProxyConfiguration document (kubeproxy.config.k8s.io/v1alpha1) when not empty.
+    kube_proxy_config: dict[str, Any] = {}
+    # Image of the DNS and Service checks after the cluster is built (busybox: nslookup, httpd, wget).
+    net_check_image: str = "docker.io/library/busybox:1.36.1"
+    # Air-gapped sites: a directory (on the machine running mlplat) of image archives (docker save /
+    # OCI layout .tar: kubeadm's images, the CNI's, the checks'...). Phase 30 imports into every
+    # host's containerd each image it lacks, before kubeadm init, so nothing is ever pulled.
+    image_archives: Optional[str] = None
 
     @field_validator("pod_cidr", "service_cidr")
     @classmethod
     def _cidr(cls, v):
         ipaddress.ip_network(v, strict=True)
         return v
+
+    @field_validator("kubelet_config")
+    @classmethod
+    def _kubelet_config(cls, v):
+        return _component_config(v, "KubeletConfiguration", KUBELET_CONFIG_TYPES)
+
+    @field_validator("kube_proxy_config")
+    @classmethod
+    def _kube_proxy_config(cls, v):
+        v = _component_config(v, "KubeProxyConfiguration", KUBE_PROXY_CONFIG_TYPES)
+        mode = v.get("mode")
+        if mode not in (None, "", "iptables", "nftables", "ipvs"):
+            raise ValueError(f"mode {mode!r} is not a kube-proxy mode: use iptables, nftables or ipvs")
+        return v
+
+    @model_validator(mode="after")
+    def _no_second_cgroup_driver(self):
+        drv = self.kubelet_config.get("cgroupDriver")
+        if drv is not None and drv != self.cgroup_driver:
+            raise ValueError(f"kubelet_config.cgroupDriver ({drv!r}) contradicts cgroup_driver "
+                             f"({self.cgroup_driver!r}): set kubernetes.cgroup_driver only")
+        return self
+
+
+# Types of the component-config fields sites commonly set (others pass as written and are checked
+# by `kubeadm config validate`). bool is tested before int: a YAML `true` must not pass for a number.
+KUBELET_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "imageGCHighThresholdPercent": int, "imageGCLowThresholdPercent": int, "maxPods": int,
+    "podPidsLimit": int, "evictionHard": dict, "evictionSoft": dict, "evictionSoftGracePeriod": dict,
+    "evictionMinimumReclaim": dict, "systemReserved": dict, "kubeReserved": dict, "featureGates": dict,
+    "failSwapOn": bool, "failCgroupV1": bool, "protectKernelDefaults": bool,
+    "localStorageCapacityIsolation": bool, "serializeImagePulls": bool, "cgroupRoot": str,
+    "cgroupDriver": str, "containerRuntimeEndpoint": str, "address": str, "healthzBindAddress": str,
+    "readOnlyPort": int, "clusterDNS": list, "clusterDomain": str,
+}
+KUBE_PROXY_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "mode": str, "conntrack": dict, "iptables": dict, "nftables": dict, "ipvs": dict, "featureGates": dict,
+    "clusterCIDR": str, "bindAddress": str, "metricsBindAddress": str, "healthzBindAddress": str,
+}
+_CAMEL = re.compile(r"^[a-z][A-Za-z0-9]*$")
+
+
+def _component_config(v: dict, kind: str, types: dict) -> dict:
+    """A component config fragment: camelCase top-level fields, no apiVersion/kind (mlplat writes
+    them), the usual fields with their types; every problem in one message."""
+    problems = []
+    for key, val in v.items():
+        if key in ("apiVersion", "kind"):
+            problems.append(f"{key}: mlplat writes it ({kind}); remove it")
+        elif not isinstance(key, str) or not _CAMEL.match(key):
+            camel = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), str(key))
+            problems.append(f"{key!r}: {kind} fields are camelCase as in the kubelet/kube-proxy docs"
+                            + (f" (did you mean {camel!r}?)" if camel != key else ""))
+        elif key in types:
+            want = types[key]
+            if isinstance(val, bool) and want is not bool:
+                problems.append(f"{key}: {val!r} is a boolean, expected {want.__name__}")
+            elif not isinstance(val, want):
+                problems.append(f"{key}: {val!r} is {type(val).__name__}, expected {want.__name__}")
+            elif key.endswith("Percent") and not 0 <= val <= 100:
+                problems.append(f"{key}: {val} is not a percentage (0-100)")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return v
 
 
 class ImageMirror(Strict):
@@ -251,7 +330,10 @@ class Kubeflow(Strict):
     bundle: Optional[str] = None
     git_url: str = "https://github.com/kubeflow/manifests"
     git_ref: str = "26.03"
-    components: Literal["default", "training-only"] = "default"
+    # default: the release's example set; training-only: + cert-manager, Istio, Trainer v2 and the v1
+    # training operator; training-operator: the v1 training operator alone (no webhooks needing
+    # cert-manager, no Istio), enough for phase 60's PyTorchJob and TFJob
+    components: Literal["default", "training-only", "training-operator"] = "default"
     istio_owner: Literal["phase40", "kubeflow"] = "phase40"
     image_mirror: ImageMirror = ImageMirror()
     apply_timeout: float = Field(900.0, gt=0)
@@ -299,6 +381,16 @@ class Lab(Strict):
     nodes: Literal["kwok", "real"] = "kwok"
     # GPUs each simulated (KWOK) node advertises as nvidia.com/gpu; the lab hosts themselves have none.
     simulated_gpus: int = Field(4, ge=0, le=64)
+    # Real nodes: a directory, visible on every lab host, holding the lab-built kubeadm, kubelet and
+    # kubectl. No package repository is reachable from the lab, so phase 30 copies these instead.
+    binaries_dir: Optional[str] = None
+
+    @field_validator("binaries_dir")
+    @classmethod
+    def _abs(cls, v):
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"{v!r} is not an absolute path (it is read on the lab hosts)")
+        return v
 
 
 class Params(Strict):

@@ -290,13 +290,11 @@ def mirror_plan() -> Table:
     else:
         from ..hosts import HostPool
 
+        from ..images import preload
+
         pool = ctx.extra.get("pool") or HostPool(ctx.params)
         ctx.extra["pool"] = pool
-        for r in pool.sh(mirror.PROBE_CONTAINERD, step="images | probe", sudo=True):
-            if r.ok:
-                present[r.host] = mirror.parse_image_list(r.data.get("stdout", ""))
-                r.message = f"{len(present[r.host])} images in containerd (k8s.io)"
-            probe_rows.append(r)
+        present, probe_rows = preload.probe(pool, "images | probe")
     plan = mirror.node_import_plan(inv, hosts, archive_dir, present=present or None,
                                    pull_from=kf.image_mirror.registry)
     addresses = {h.name: h.address for h in ctx.params.hosts}
@@ -308,42 +306,17 @@ def mirror_plan() -> Table:
         rows.append(StepResult(h.host, step, message=f"{len(h.to_import)} to import, {len(h.present)} already present"
                                + ("" if h.probed else " (not probed)") + (f"; commands in {where}" if where else "")))
     if ctx.apply and not _kwok(ctx):
-        rows += _import(ctx, plan)
+        rows += _import(ctx, plan, present)
     return ctx.phase.record("mirror", rows, "Mirror plan")
 
 
-def _import(ctx, plan: mirror.ImportPlan) -> list[StepResult]:
-    """Copy each missing archive to each host and import it, hosts in parallel, with progress."""
-    from ..report.progress import tqdm
+def _import(ctx, plan: mirror.ImportPlan, present: dict[str, set[str]]) -> list[StepResult]:
+    """Import each host's missing images (mlplat.images.preload: the same code phase 30 uses for the
+    site's image kit), hosts in parallel, with progress."""
+    from ..images import preload
 
-    pool = ctx.extra["pool"]
-    todo = {h.host: h for h in plan.hosts if h.to_import}
-    if not todo:
-        return [StepResult("(all hosts)", "images | import", message="every image already present on every host")]
-    bar = tqdm(total=sum(len(h.to_import) for h in todo.values()), desc="import images", unit="image")
-
-    def one(conn, host):
-        h = todo.get(host.name)
-        if h is None:
-            return StepResult(host.name, "images | import", message="nothing to import")
-        conn.sudo(f"mkdir -p {mirror.REMOTE_DIR}", check=True)
-        done = []
-        for ref in h.to_import:
-            local = Path(plan.archive_dir) / mirror.archive_name(ref)
-            if not local.exists():
-                return failed(host.name, "images | import", f"archive {local} is missing: run the staging commands "
-                              "(mirror-node-import.sh) on a connected machine and carry the archives in")
-            remote = f"{mirror.REMOTE_DIR}/{local.name}"
-            conn.connection.put(str(local), remote)
-            conn.sudo(plan.import_command(ref) + f" && rm -f {remote}", check=True, timeout=1800)
-            done.append(ref.full)
-            bar.update(1)
-        return StepResult(host.name, "images | import", changed=bool(done), message=f"imported {len(done)} images")
-
-    try:
-        return pool.run(one, "images | import", hosts=list(todo))
-    finally:
-        bar.close()
+    archives = {r.full: Path(plan.archive_dir) / mirror.archive_name(r) for r in plan.images}
+    return preload.import_missing(ctx.extra["pool"], archives, present, "images | import", plan.platform)
 
 
 # -- 6. pull policy -------------------------------------------------------------------------------
@@ -482,18 +455,9 @@ def istio() -> Table:
 
 # -- 9. apply -----------------------------------------------------------------------------------------
 def _kube(ctx):
-    if "kube" in ctx.extra:
-        return ctx.extra["kube"]
-    from ..kube import client_from
-
-    try:
-        kube = client_from(ctx.params)
-    except FileNotFoundError as e:
-        ctx.extra["kube"] = None
-        ctx.extra["kube_why"] = str(e)
-        return None
-    ctx.extra["kube"] = kube
-    return kube
+    """The cluster connection (common.kube: kubernetes.existing_kubeconfig, else the kubeconfig
+    30_kubernetes fetched), or None while there is none (reason in extra["kube_error"])."""
+    return common.kube(ctx)
 
 
 def apply() -> Table:
@@ -508,8 +472,8 @@ def apply() -> Table:
     res = _build(ctx)
     kube = _kube(ctx)
     if kube is None:
-        why = ctx.extra.get("kube_why", "")
-        r = (skipped(CLUSTER, step, f"no cluster given (kubernetes.existing_kubeconfig): {why}") if not ctx.apply
+        why = ctx.extra.get("kube_error", "no kubeconfig")
+        r = (skipped(CLUSTER, step, f"no cluster yet: {why}") if not ctx.apply
              else failed(CLUSTER, step, f"no cluster to apply to: {why}"))
         ctx.phase.record("apply", [r])
         return results_table([r], "Apply")

@@ -10,10 +10,14 @@ Steps (one notebook cell each):
    safe order: webhooks first, namespaces and CRDs last; waits until they are gone and, if a
    namespace hangs in Terminating, finalizes it (confirm was given for exactly this);
 3. ``node_labels``: the node labels mlplat set, released;
-4. ``reset``: ``kubeadm reset`` on every host (workers first) with the CNI configuration, flannel's
-   links and the Kubernetes/flannel/CNI iptables rules (only those; other rules stay);
+4. ``reset``: ``kubeadm reset -f`` on every host (workers first), then what it leaves: the CNI
+   configuration (flannel's or the bridge CNI's, with its leases), the cni0/flannel links, the
+   routes to other nodes' pod ranges, kubeadm's files in /etc/kubernetes, and the
+   Kubernetes/flannel/CNI iptables rules (only those; other rules stay);
 5. ``kubeconfig``: the fetched admin kubeconfig removed;
-6. ``packages``: kubelet/kubeadm/kubectl and their repository removed, only with ``remove_packages``.
+6. ``packages``: kubelet/kubeadm/kubectl and their repository removed, only with ``remove_packages``;
+   on the real-node lab (``lab.binaries_dir``) the binaries and kubelet unit files phase 30 copied
+   are always removed (no package manager was involved; the hosts go back to their pre-30 state).
 
 An existing cluster (``kubernetes.existing_kubeconfig``, the lab's KWOK flavour) keeps its nodes:
 phase 30 ran no kubeadm on those hosts and wrote nothing there, so steps 4-6 have nothing to undo
@@ -26,7 +30,7 @@ import time
 
 import pandas as pd
 
-from ..cluster import inventory as inv, kubeadm, kubeconfig as kc, packages as pk
+from ..cluster import inventory as inv, kubeconfig as kc, packages as pk
 from ..cluster.remote import run_steps
 from ..hosts import HostPool
 from ..kube import Kube, KubeError, apply
@@ -50,6 +54,9 @@ def setup(params_file: str = "", mode: str = "plan", run_dir: str = "", confirm:
             {"setting": "cluster", "value": ("existing (nodes kept)" if kc.existing(ctx.params)
                                              else "kubeadm (hosts are reset)")},
             {"setting": "remove packages", "value": "yes" if remove_packages else "no"}]
+    if pk.lab_binaries(ctx.params):
+        rows.append({"setting": "lab binaries", "value": f"the kubeadm, kubelet, kubectl and unit files phase 30 "
+                                                         f"copied from {pk.lab_binaries(ctx.params)} are removed"})
     table.frame = pd.concat([table.frame, pd.DataFrame(rows)], ignore_index=True)
     return table
 
@@ -212,13 +219,7 @@ def reset() -> Table:
     rows = _host_skip(ctx, step)
     if rows is None:
         p = ctx.params
-        order = [h for h in p.hosts if ROLE_CONTROL_PLANE not in h.roles] + \
-                [h for h in p.hosts if ROLE_CONTROL_PLANE in h.roles]
-        steps = [kubeadm.HostStep(
-            host=h.name, step=step, why="kubeadm reset, CNI configuration, flannel links, Kubernetes iptables rules",
-            probe=f"out=$({inv.HOST_PROBE}); echo \"$out\"; [ -z \"$out\" ]",
-            probe_means="no kubeadm state, CNI configuration, links or Kubernetes iptables rules on the host",
-            commands=inv.reset_commands()) for h in order]
+        steps = inv.reset_steps(p)
         pool = _pool(ctx)
         # Workers before control planes: run in two waves.
         workers = [s for s in steps if ROLE_CONTROL_PLANE not in p.host(s.host).roles]
@@ -227,10 +228,12 @@ def reset() -> Table:
         for r in rows:
             if "probe" in r.data and not r.message.startswith("unchanged"):
                 found = inv.parse_host_probe(r.data["probe"])
-                bits = [f"{k}: {', '.join(v)}" for k, v in found.items() if v]
+                bits = [f"{k}: {', '.join(v)}" for k, v in found.items() if v and k != "binary"]
                 if bits:
                     r.message = f"found {'; '.join(bits)}; " + r.message
-    return ctx.phase.record("reset", rows, "kubeadm reset, CNI and iptables")
+            if r.ok and r.changed and ctx.apply:
+                r.message = "reset: " + r.message
+    return ctx.phase.record("reset", rows, "kubeadm reset, CNI, routes and iptables")
 
 
 def kubeconfig() -> Table:
@@ -259,12 +262,21 @@ def packages() -> Table:
     """Remove kubelet, kubeadm, kubectl and their repository: only with remove_packages."""
     ctx = _ctx()
     step = "packages | remove"
-    if not ctx.extra.get("remove_packages"):
+    lab = pk.lab_binaries(ctx.params)
+    if not ctx.extra.get("remove_packages") and not lab:
         rows = [skipped(h.name, step, "remove_packages is not set: packages kept") for h in ctx.params.hosts]
     else:
         rows = _host_skip(ctx, step)
         if rows is None:
             rows = run_steps(_pool(ctx), [pk.remove_step(ctx.params, h) for h in ctx.params.hosts], ctx.apply, step)
+            if lab:
+                for r in rows:
+                    found = pk.parse_lab_remove_probe(r.data.get("probe", ""))
+                    if r.ok and found and not r.message.startswith("unchanged"):
+                        r.message = (f"lab: {'removed' if ctx.apply else 'would remove'} what phase 30 copied "
+                                     f"({', '.join(found)})")
+                    elif r.ok and r.message.startswith("unchanged"):
+                        r.message = f"unchanged: lab: nothing phase 30 copied from {lab} is left"
     return ctx.phase.record("packages", rows, "Kubernetes packages")
 
 

@@ -408,6 +408,34 @@ def _job_check(kind: str):
     return check
 
 
+PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+PULL_POLL_S = 10.0
+
+
+def _pull_watch(kube: Kube, job: tplan.PlannedJob, base):
+    """``base`` (a job condition), plus: a pod that cannot get its image fails the wait at once
+    (an air-gapped node never will), instead of after the whole timeout."""
+    last = [0.0]
+
+    def check(obj: dict) -> tuple[bool, str]:
+        now = time.monotonic()
+        if now - last[0] >= PULL_POLL_S:
+            last[0] = now
+            for p in _pods_of(kube, job):
+                st = p.get("status") or {}
+                for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+                    w = (cs.get("state") or {}).get("waiting") or {}
+                    if w.get("reason") in PULL_FAILURES:
+                        raise WaitFailed(
+                            f"{p['metadata']['name']} on {(p.get('spec') or {}).get('nodeName')}: {w['reason']} for "
+                            f"{cs.get('image')} ({(w.get('message') or '').strip()[:160]}): the node cannot get the "
+                            "image; preload it (kubernetes.image_archives, 30_kubernetes) or mirror it")
+        return base(obj)
+
+    check.__name__ = base.__name__
+    return check
+
+
 def _pods_of(kube: Kube, job: tplan.PlannedJob) -> list[dict]:
     pods = kube.list(kube.resource("Pod", "v1"), job.namespace, selector=f"{LABEL_JOB}={job.name}")
     return sorted(pods, key=lambda p: p["metadata"]["name"])
@@ -484,7 +512,8 @@ def _run_job(ctx, job: tplan.PlannedJob) -> JobRun:
             except WaitFailed as e:
                 ctx.extra.setdefault("unpicked", {})[job.kind] = f"an earlier {job.kind} was not picked up ({e})"
                 raise
-            wait_for(kube, job.kind, job.name, job.namespace, condition=_job_check(job.kind), timeout=timeout,
+            wait_for(kube, job.kind, job.name, job.namespace, condition=_pull_watch(kube, job, _job_check(job.kind)),
+                     timeout=timeout,
                      api_version=job.api_version, progress=True, note=lambda m: None)
             run.ok = True
         except WaitFailed as e:
@@ -563,7 +592,47 @@ def _not_possible(ctx, key: str, step: str) -> StepResult | None:
         return _plan_row(planned[key])
     if _kube(ctx) is None:
         return failed(ALL, step, "no cluster connection (see the GPU inventory)")
+    missing = _kit_missing(ctx, planned[key])
+    if missing:
+        where = ctx.params.kubernetes.image_archives
+        lab = ctx.params.lab
+        if lab is not None and lab.nodes == "real":
+            return skipped(ALL, step, f"lab (real nodes): no {', '.join(missing)} in the lab's image kit: the lab "
+                                      "builds only the torch trainer image, so this job runs on the KWOK lab")
+        return failed(ALL, step, f"{', '.join(missing)} not in the image kit {where} (kubernetes.image_archives): "
+                                 "the air-gapped nodes cannot pull it; add its archive and rerun 30_kubernetes")
     return None
+
+
+def _images_in(obj) -> set[str]:
+    """Every container image named anywhere in a manifest (replica templates included)."""
+    out: set[str] = set()
+    if isinstance(obj, dict):
+        for k in ("containers", "initContainers"):
+            for c in obj.get(k) or []:
+                if isinstance(c, dict) and c.get("image"):
+                    out.add(c["image"])
+        for v in obj.values():
+            out |= _images_in(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            out |= _images_in(v)
+    return out
+
+
+def _kit_missing(ctx, job: tplan.PlannedJob) -> list[str]:
+    """Images of the job absent from the site's image kit (kubernetes.image_archives), if it has one."""
+    where = ctx.params.kubernetes.image_archives
+    if not where:
+        return []
+    from ..images import preload
+    from ..images.refs import try_parse
+
+    try:
+        names = set(preload.kit(where))
+    except preload.KitError:
+        return []  # 30_kubernetes reports the kit's problems
+    return sorted(i for i in _images_in(job.manifest) if ((r := try_parse(i)) and r.full) not in names)
 
 
 def bandwidth() -> Table:

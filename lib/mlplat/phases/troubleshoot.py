@@ -26,7 +26,6 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from ..cluster import kubeconfig as kc
 from ..kube import diagnose as dg
 from ..kube.client import KubeError
 from ..kube.tables import node_rows
@@ -43,14 +42,9 @@ def setup(params_file: str = "", mode: str = "plan", confirm: bool = False, run_
     """Load the params, connect to the cluster (kubeconfig from the params), start the phase."""
     ctx = common.setup(NUMBER, NAME, params_file, mode, run_dir, confirm)
     ctx.extra["findings"] = {}
-    try:
-        # The site's kubeconfig: kubernetes.existing_kubeconfig, else the one 30_kubernetes fetched.
-        kube = kc.connect(ctx.params)
-        cluster = f"{kube.name} ({kube.host})"
-    except FileNotFoundError as e:
-        kube, cluster = None, f"none: {e}"
-        ctx.extra["kube_why"] = str(e)
-    ctx.extra["kube"] = kube
+    # The site's kubeconfig: kubernetes.existing_kubeconfig, else the one 30_kubernetes fetched.
+    kube = common.kube(ctx)
+    cluster = f"{kube.name} ({kube.host})" if kube is not None else f"none: {ctx.extra.get('kube_error')}"
     head = common.header_table(ctx)
     rows = [{"setting": "cluster", "value": cluster},
             {"setting": "confirm", "value": "yes: fixes are applied" if _acting(ctx)
@@ -75,9 +69,9 @@ def _no_cluster(step: str) -> Table | None:
     """When there is no kubeconfig: skipped in plan mode (nothing to look at yet), failed in apply
     mode (asked to fix a cluster it cannot reach). None when there is a cluster."""
     ctx = _ctx()
-    if ctx.extra.get("kube") is not None:
+    if common.kube(ctx) is not None:
         return None
-    why = ctx.extra.get("kube_why", "no kubeconfig")
+    why = ctx.extra.get("kube_error", "no kubeconfig")
     r = failed(_host(ctx), step, f"no cluster to look at: {why}") if ctx.apply else skipped(
         _host(ctx), step, f"no cluster (kubeconfig): {why}")
     ctx.extra["findings"][step] = []
@@ -279,7 +273,7 @@ def finish() -> Table:
     ctx = _ctx()
     found = sum(len(v) for v in ctx.extra.get("findings", {}).values())
     if ctx.extra.get("kube") is None:
-        ctx.phase.note(f"nothing was checked: no cluster ({ctx.extra.get('kube_why', 'no kubeconfig')})")
+        ctx.phase.note(f"nothing was checked: no cluster ({ctx.extra.get('kube_error', 'no kubeconfig')})")
         return common.finish(NUMBER)
     ctx.phase.note(f"{found} finding(s); each names its fix" if found else "nothing found")
     if found and not _acting(ctx):

@@ -40,6 +40,43 @@ HINTS: list[tuple[str, str]] = [
      "ds/nvidia-device-plugin-daemonset), the driver and that nvidia is containerd's default runtime (20_gpu_runtime); "
      "if the host really has that many GPUs, fix hosts[].gpus (00_preflight compares them); on the lab, "
      "lab.simulated_gpus sets the count"),
+    # Real nodes (30_kubernetes: packages, config, cni, network); before the SSH rows, whose generic
+    # words ("timed out", "unreachable") they may contain.
+    (r"lab's binaries cannot be used",
+     "build the lab binaries for versions.kubernetes (mlplat lab build) and check that lab.binaries_dir is the "
+     "directory the lab hosts see them in; then rerun 30_kubernetes"),
+    (r"cgroup v1 on this host",
+     "set kubernetes.allow_cgroup_v1: true (failCgroupV1: false, SystemVerification ignored), or boot the host "
+     "with cgroup v2 (systemd.unified_cgroup_hierarchy=1 on the kernel command line), then rerun 30_kubernetes"),
+    (r"CNI plugins missing in /opt/cni/bin",
+     "install the CNI plugins (containernetworking-plugins, or kubernetes-cni with the Kubernetes packages); Debian "
+     "and Ubuntu put them in /usr/lib/cni: copy or link bridge, host-local, portmap and loopback to /opt/cni/bin"),
+    (r"has no spec\.podCIDR",
+     "node pod ranges come from the kube-controller-manager (--allocate-node-cidrs, set by kubeadm when "
+     "networking.podSubnet is set): check its pod log in kube-system and that kubernetes.pod_cidr holds a /24 "
+     "per node"),
+    (r"container runtime is .*not containerd",
+     "the kubelet must use containerd's CRI socket (unix:///run/containerd/containerd.sock): check containerd runs "
+     "(20_gpu_runtime) and the node's kubeadm-flags.env, then rerun 30_kubernetes"),
+    (r"net check image .* cannot be pulled",
+     "the nodes cannot pull kubernetes.net_check_image (air-gapped?): preload it on every node (ctr -n k8s.io images "
+     "import) or point kubernetes.net_check_image at an image they have, then rerun 30_kubernetes"),
+    (r"DNS lookup not run|Service check not run",
+     "the check's pod did not finish: Pending means the node cannot start it (its CNI: the cni step; the image), "
+     "Running means its lookup or fetch never got an answer (see the CoreDNS and node runtime rows); "
+     "kubectl -n mlplat-netcheck-... describe pod shows the events until the namespace is gone"),
+    (r"CoreDNS not ready",
+     "CoreDNS stays Pending until the CNI works (the cni step; nodes NotReady say so), and crash-loops when a node's "
+     "/etc/resolv.conf points at a loopback resolver (its loop plugin): kubectl -n kube-system describe/logs the "
+     "coredns pods"),
+    (r"DNS lookup of kubernetes\.default",
+     "pods cannot resolve through CoreDNS: check the CoreDNS row first, then kube-proxy on the pod's node "
+     "(kubectl -n kube-system get pods -o wide; the kube-dns ClusterIP needs it) and that pods on that node reach "
+     "pods on the others (the cni step's routes or flannel)"),
+    (r"Service not reachable by name or ClusterIP|Service name did not resolve",
+     "a DNS fault (the name) or a kube-proxy or routing fault (the ClusterIP): check kube-proxy runs on both nodes "
+     "(in a network namespace it needs conntrack.maxPerCore: 0, kubernetes.kube_proxy_config), ip_forward is 1, "
+     "and each node has a route to the others' pod ranges (kubernetes.cni bridge: the cni step)"),
     (r"Depends: kubernetes-cni .* not installable",
      "the per-minor pkgs.k8s.io repository lacks the kubernetes-cni version kubelet needs (kubernetes/release#3575): "
      "point mirrors.kubernetes at a mirror that carries it, or install kubernetes-cni first, then rerun 30_kubernetes"),

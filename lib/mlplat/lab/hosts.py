@@ -409,7 +409,10 @@ def _real_start_script(state_dir: Path, h: LabHost, hosts_lines: str) -> str:
     py = os.path.realpath(sys.executable)
     from .build import cache_root
 
-    early, late = realnodes.mount_lines(hdir / "data", [cache_root().absolute()] if _overlaid_top(cache_root()) else [])
+    # The lab's build cache (image archives, binaries) and state folder (the image kit and binaries
+    # the params point at) as the machine has them: neither hidden by the host's /tmp nor seen
+    # through its overlays.
+    early, late = realnodes.mount_lines(hdir / "data", [cache_root().absolute(), state_dir.absolute()])
     real = "\n".join(late)
     shim = "\n".join(f"printf '#!/bin/sh\\nexec {py} -S {MOUNT_POINT}/supervisor.py {n} \"$@\"\\n' > /usr/local/sbin/{n}\n"
                      f"chmod 755 /usr/local/sbin/{n}" for n in ("systemctl", "journalctl"))

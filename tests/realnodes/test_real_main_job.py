@@ -107,7 +107,10 @@ def real_lab(tmp_path_factory):
     try:
         yield lab
     finally:
+        during = realnodes.leftovers(state)
         control.down(state)
+        # The listing sees the lab while it runs (so an empty one after down means something).
+        assert during["netns"] and during["links"] and during["cgroups"], during
         assert realnodes.read_sysctls() == before, "lab down did not restore the machine-wide sysctls"
         left = realnodes.leftovers(state, before)
         assert not any(left.values()), left

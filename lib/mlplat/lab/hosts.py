@@ -43,8 +43,9 @@ overlays, so any state directory works). sshd's own pid file is off (``PidFile n
 ``hosts/<name>/pid`` holds the pid of the ``unshare`` process that owns the host's namespaces.
 
 How a host is addressed and which mounts it gets are kept in :func:`_address` and
-:func:`_mount_script`, the seam where the real-nodes flavour (own network namespaces, real
-directories for container state) differs.
+:func:`_mount_script`. ``up(nodes="real")`` makes the other flavour (:mod:`mlplat.lab.realnodes`):
+hosts on 10.213.0.x in network namespaces of their own, with cgroup namespaces, real directories
+for container state and :mod:`mlplat.lab.supervisor` as init, able to be Kubernetes nodes.
 
 Needs root (mounts in a private mount namespace, port 22). Debian packages: openssh-server
 (sshd, ssh-keygen), util-linux (unshare), a kernel with overlayfs.
@@ -403,12 +404,11 @@ def _real_start_script(state_dir: Path, h: LabHost, hosts_lines: str) -> str:
     """A real-node host (mlplat.lab.realnodes): already in its network namespace and cgroup; its
     init is mlplat.lab.supervisor, with systemctl/journalctl shims on its PATH."""
     from . import realnodes
+    from .build import cache_root
 
     hdir = h.dir(state_dir)
     gateway = h.address.rsplit(".", 1)[0] + f".{realnodes.GATEWAY_ADDRESS}"
     py = os.path.realpath(sys.executable)
-    from .build import cache_root
-
     # The lab's build cache (image archives, binaries) and state folder (the image kit and binaries
     # the params point at) as the machine has them: neither hidden by the host's /tmp nor seen
     # through its overlays.

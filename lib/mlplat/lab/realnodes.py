@@ -300,14 +300,27 @@ def restore_sysctls(state_dir: Path) -> dict[str, tuple[str, str]]:
 
 # -- what could outlive a lab -----------------------------------------------------------------------
 
+def _layers_of(state_dir: Path) -> Path | None:
+    """The hosts' overlay layers folder recorded in the lab's state file (see mlplat.lab.hosts)."""
+    p = state_dir / "lab-hosts.json"
+    try:
+        return Path(json.loads(p.read_text())["layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def leftovers(state_dir: Path, recorded: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Everything of this lab that is still there: network namespaces, links, cgroup directories,
-    and (given the values recorded before the lab started) machine sysctls that differ."""
+    CNI leases, and (given the values recorded before the lab started) machine sysctls that differ.
+    Processes and mounts: :func:`mlplat.lab.hosts.lab_processes` and ``lab_mounts``."""
     lid = lab_id(state_dir)
     out: dict[str, list[str]] = {}
     out["netns"] = sorted(ns for ns in _netns_list() if ns.startswith(f"mlplat-{lid}-"))
     out["links"] = [machine_link(lid)] if _ip("link", "show", machine_link(lid), check=False).returncode == 0 else []
     out["cgroups"] = [str(d) for d in cgroup_dirs(lid) if d.exists()]
+    # The CNI's IP reservations (host-local) of pods that no longer run, in the hosts' /var.
+    layers = _layers_of(Path(state_dir))
+    out["cni"] = sorted(str(p) for p in layers.glob("*/upper/var/lib/cni") if p.exists()) if layers else []
     if recorded is not None:
         now = read_sysctls()
         out["sysctls"] = [f"{k}={now.get(k)} (was {v})" for k, v in recorded.items() if now.get(k) != v]

@@ -115,6 +115,8 @@ def real_lab(tmp_path_factory):
         left = realnodes.leftovers(state, before)
         assert not any(left.values()), left
         assert hosts.lab_processes(state) == [] and hosts.lab_mounts(state) == []
+        # The nodes' containerd stores hold the trainer image twice (about 20 GB): give the disk back.
+        hosts.down(state, purge=True)
 
 
 @pytest.fixture(scope="module")

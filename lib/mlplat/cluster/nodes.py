@@ -34,6 +34,11 @@ def simulated(params: Params) -> bool:
     return params.lab is not None and params.lab.nodes == "kwok"
 
 
+def real_lab(params: Params) -> bool:
+    """True on a lab whose nodes are real kubelets (``mlplat lab up --nodes real``)."""
+    return params.lab is not None and params.lab.nodes == "real"
+
+
 def expected_gpus(params: Params) -> dict[str, Expected]:
     """Node name -> how many ``nvidia.com/gpu`` it must offer, and why that number."""
     if simulated(params):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ..params.schema import Host, Params
 from ..params.versions import minor
+from . import nodes
 from .kubeadm import HostStep, PlanFile
 
 UPSTREAM = "https://pkgs.k8s.io"
@@ -209,9 +210,8 @@ KUBEADM_DROPIN = f"{UNIT_DIR}/kubelet.service.d/10-kubeadm.conf"
 
 def lab_binaries(params: Params) -> str | None:
     """``lab.binaries_dir`` when this is the real-node lab that copies binaries, else None."""
-    lab = params.lab
-    if lab is not None and lab.nodes == "real" and lab.binaries_dir:
-        return lab.binaries_dir.rstrip("/") or "/"
+    if nodes.real_lab(params) and params.lab.binaries_dir:
+        return params.lab.binaries_dir.rstrip("/") or "/"
     return None
 
 

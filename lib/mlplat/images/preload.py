@@ -27,15 +27,10 @@ class KitError(ValueError):
     """An archive in the image kit is unreadable or names no image."""
 
 
-def archive_image_names(path: str | Path) -> list[str]:
-    """The image names an OCI or Docker archive carries (``index.json`` annotations, or
-    ``manifest.json`` RepoTags), read without extracting it."""
-    return list(archive_index(path))
-
-
 def archive_index(path: str | Path) -> dict[str, str | None]:
-    """Image name -> manifest digest (OCI archives; None for Docker archives, whose manifests
-    ``docker save`` rewrites) of an archive, read without extracting it."""
+    """The images an OCI or Docker archive carries (``index.json`` annotations, or
+    ``manifest.json`` RepoTags): name -> manifest digest (None for Docker archives, whose
+    manifests ``docker save`` rewrites), read without extracting it."""
     names: dict[str, str | None] = {}
     try:
         with tarfile.open(path) as tf:

@@ -118,13 +118,8 @@ LAB_REAL_CANNOT = ("lab (real nodes): Istio's data plane is Envoy (C++, the prox
                    "every Istio pod in ErrImagePull. Istio is exercised on the KWOK lab and in plan mode")
 
 
-def _real_lab(ctx) -> bool:
-    lab = ctx.params.lab
-    return lab is not None and lab.nodes == "real"
-
-
 def _refused(ctx, step: str) -> list[StepResult] | None:
-    if _real_lab(ctx):
+    if nodes.real_lab(ctx.params):
         return [skipped(ALL, step, LAB_REAL_CANNOT)]
     if not ist.guard_ok(_checks(ctx)):
         return [skipped(ALL, step, "not applied: the version guard refused the stack (see the guard table)")]
@@ -233,7 +228,7 @@ def verify() -> Table:
     ctx = _ctx()
     step = "verify | istio"
     p = ctx.params
-    if _real_lab(ctx):
+    if nodes.real_lab(p):
         return ctx.phase.record("verify", [skipped(ALL, step, LAB_REAL_CANNOT)], "Istio checks")
     kube = _kube(ctx)
     rows: list[StepResult] = []

@@ -595,13 +595,18 @@ def _not_possible(ctx, key: str, step: str) -> StepResult | None:
     missing = _kit_missing(ctx, planned[key])
     if missing:
         where = ctx.params.kubernetes.image_archives
-        lab = ctx.params.lab
-        if lab is not None and lab.nodes == "real":
+        if cnodes.real_lab(ctx.params):
             return skipped(ALL, step, f"lab (real nodes): no {', '.join(missing)} in the lab's image kit: the lab "
                                       "builds only the torch trainer image, so this job runs on the KWOK lab")
         return failed(ALL, step, f"{', '.join(missing)} not in the image kit {where} (kubernetes.image_archives): "
                                  "the air-gapped nodes cannot pull it; add its archive and rerun 30_kubernetes")
     return None
+
+
+def _stopped(ctx, key: str, stop: StepResult, title: str) -> Table:
+    """The table of a step that did not run its job (plan mode, no layout, no image...)."""
+    ctx.phase.record(key, [stop], title)
+    return Table(pd.DataFrame([{"status": stop.status, "message": stop.message}]), title)
 
 
 def _images_in(obj) -> set[str]:
@@ -628,10 +633,14 @@ def _kit_missing(ctx, job: tplan.PlannedJob) -> list[str]:
     from ..images import preload
     from ..images.refs import try_parse
 
-    try:
-        names = set(preload.kit(where))
-    except preload.KitError:
-        return []  # 30_kubernetes reports the kit's problems
+    if "kit_names" not in ctx.extra:  # read the archives once per run, not once per job
+        try:
+            ctx.extra["kit_names"] = set(preload.kit(where))
+        except preload.KitError:
+            ctx.extra["kit_names"] = None  # 30_kubernetes reports the kit's problems
+    names = ctx.extra["kit_names"]
+    if names is None:
+        return []
     return sorted(i for i in _images_in(job.manifest) if ((r := try_parse(i)) and r.full) not in names)
 
 
@@ -641,8 +650,7 @@ def bandwidth() -> Table:
     step = "nccl | bandwidth sweep"
     stop = _not_possible(ctx, "sweep", step)
     if stop is not None:
-        ctx.phase.record("bandwidth", [stop], "All-reduce bandwidth")
-        return Table(pd.DataFrame([{"status": stop.status, "message": stop.message}]), "All-reduce bandwidth")
+        return _stopped(ctx, "bandwidth", stop, "All-reduce bandwidth")
     job = _plan_jobs(ctx)["sweep"]
     run = _run_job(ctx, job)
     sweep = summarise_sweep(run.records)
@@ -883,8 +891,7 @@ def tfjob() -> Table:
     step = "tfjob | smoke"
     stop = _not_possible(ctx, "tf-smoke", step)
     if stop is not None:
-        ctx.phase.record("tfjob", [stop], "TFJob smoke")
-        return Table(pd.DataFrame([{"status": stop.status, "message": stop.message}]), "TFJob smoke")
+        return _stopped(ctx, "tfjob", stop, "TFJob smoke")
     job = _plan_jobs(ctx)["tf-smoke"]
     run = _run_job(ctx, job)
     recs = run.records

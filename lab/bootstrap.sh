@@ -28,12 +28,15 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-# Reinstall only when pyproject.toml changed since the last install (a stamp keyed by its hash).
+# Reinstall only when pyproject.toml changed since the last install (a stamp keyed by its hash), or
+# when `import mlplat` does not load this checkout's lib/ (another clone's editable install).
 stamp_dir=${MLPLAT_CACHE:-$HOME/.cache/mlplat}
 mkdir -p "$stamp_dir"
 want=$(sha256sum pyproject.toml | cut -c1-16)
 stamp="$stamp_dir/pip-stamp-$(command -v "$PY" | sha256sum | cut -c1-8)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want:$PWD" ] || ! "$PY" -c "import mlplat" 2>/dev/null; then
+here=$(cd lib/mlplat && pwd -P)
+loaded=$(cd / && "$PY" -c "import os, mlplat; print(os.path.realpath(os.path.dirname(mlplat.__file__)))" 2>/dev/null || true)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want:$PWD" ] || [ "$loaded" != "$here" ]; then
   echo "bootstrap: pip install -e '.[test,train]'"
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,train]'
   echo "$want:$PWD" > "$stamp"

@@ -206,10 +206,12 @@ def test_component_sets_select_what_each_lab_builds():
 
     assert names(build.select_components(None)) == list(build.KWOK_COMPONENTS)
     assert names(build.select_components(build.NODE_SETS["real"])) == [
-        "kubernetes", "kubernetes-node", "etcd", "training-operator", "coredns"]
+        "kubernetes", "kubernetes-node", "etcd", "training-operator", "coredns", "flannel", "flannel-cni"]
     assert names(build.select_components("coredns")) == ["coredns"]
     assert set(build.NODE_SETS["all"]) == {c.name for c in build.COMPONENTS}
-    assert not {"kubernetes-node", "coredns"} & set(build.KWOK_COMPONENTS)
+    assert not {"kubernetes-node", "coredns", "flannel", "flannel-cni"} & set(build.KWOK_COMPONENTS)
+    # flanneld links libc as upstream builds it (its UDP backend is cgo); everything else is static.
+    assert [c.name for c in build.COMPONENTS if c.cgo] == ["flannel"]
     # The CLI's --nodes choices are NODE_SETS' keys (written out there to keep `mlplat` start-up light).
     from mlplat.cli import parser
     build_cmd = parser()._subparsers._group_actions[0].choices["lab"]._subparsers._group_actions[0].choices["build"]

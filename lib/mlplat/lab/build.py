@@ -9,7 +9,7 @@ skips the build. Recipe and pitfalls: ``shared/reference/lab-control-plane.md``.
 
 Two sets of components: :data:`KWOK_COMPONENTS` (the default lab: control plane, etcd, KWOK, the
 training operator) and :data:`REAL_NODE_COMPONENTS` (kubeadm-built nodes: adds kubelet,
-kube-proxy and CoreDNS, drops KWOK); :data:`NODE_SETS` names them for the command line.
+kube-proxy, CoreDNS and flannel with its CNI plugin, drops KWOK); :data:`NODE_SETS` names them for the command line.
 
 Command line: ``python -m mlplat.lab.build [--nodes kwok|real|all] [--force] [--json]``.
 """
@@ -43,6 +43,10 @@ GO_DIR = REPO_ROOT / "lab" / "go"
 #   resolve when asked for by name; v1.9.5 is "not available".
 # - github.com/coredns/coredns v1.12.1, the CoreDNS kubeadm v1.34.4 deploys (`kubeadm config
 #   images list`): `-versions` lists only v1.14.3 ... v1.15.0, but v1.12.1 resolves by name.
+# - github.com/flannel-io/flannel v0.28.9, the flannel of the offline bundle's kube-flannel-v0.28.9.yml
+#   (its Tencent VPC SDK pinned to a served version: lab/go/flannel/go.mod says why).
+# - github.com/containernetworking/plugins v0.9.1, the last release holding the flannel CNI plugin
+#   (github.com/flannel-io/cni-plugin, its successor, is not served: lab/go/flannel-cni/go.mod).
 # Keys are the wrapper modules under lab/go/ (one component may share another's wrapper).
 VERSIONS: dict[str, str] = {
     "kubernetes": "v1.34.4",
@@ -50,6 +54,8 @@ VERSIONS: dict[str, str] = {
     "kwok": "v0.8.0",
     "training-operator": "v1.9.4",
     "coredns": "v1.12.1",
+    "flannel": "v0.28.9",
+    "flannel-cni": "v0.9.1",
 }
 
 # Upstream tag time of k8s.io/kubernetes v1.34.4 (`go list -m -json`), stamped as buildDate so
@@ -83,6 +89,7 @@ class Component:
     # How to ask each binary its version; None means "read the Go build info" (no version flag).
     version_args: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     go_dir: str = ""  # the wrapper module lab/go/<go_dir> (and key of VERSIONS); default: name
+    cgo: bool = False  # CGO_ENABLED=1 (linked against this machine's libc) where upstream builds so
 
     @property
     def version(self) -> str:
@@ -168,11 +175,31 @@ COMPONENTS: tuple[Component, ...] = (
         ldflags=f"-s -w -X github.com/coredns/coredns/coremain.GitCommit={COREDNS_GIT_COMMIT}",
         version_args={"coredns": ("-version",)},
     ),
+    # As upstream's Makefile builds flanneld: with cgo (its UDP backend is C on amd64) and the
+    # version stamped; install-conf (`cp` done atomically, the manifest's install-cni init
+    # container) has no version flag.
+    Component(
+        name="flannel",
+        module="github.com/flannel-io/flannel",
+        binaries={"flanneld": "github.com/flannel-io/flannel",
+                  "install-conf": "github.com/flannel-io/flannel/cmd/install_conf"},
+        ldflags="-s -w -X github.com/flannel-io/flannel/pkg/version.Version=" + VERSIONS["flannel"],
+        version_args={"flanneld": ("--version",), "install-conf": None},
+        cgo=True,
+    ),
+    # The flannel CNI plugin answers its version only on CNI_COMMAND=VERSION: read the build info.
+    Component(
+        name="flannel-cni",
+        module="github.com/containernetworking/plugins",
+        binaries={"flannel": "github.com/containernetworking/plugins/plugins/meta/flannel"},
+        version_args={"flannel": None},
+    ),
 )
 
 # Which components each kind of lab needs (names of COMPONENTS, built in COMPONENTS order).
 KWOK_COMPONENTS: tuple[str, ...] = ("kubernetes", "etcd", "kwok", "training-operator")
-REAL_NODE_COMPONENTS: tuple[str, ...] = ("kubernetes", "kubernetes-node", "etcd", "coredns", "training-operator")
+REAL_NODE_COMPONENTS: tuple[str, ...] = ("kubernetes", "kubernetes-node", "etcd", "coredns", "training-operator",
+                                          "flannel", "flannel-cni")
 NODE_SETS: dict[str, tuple[str, ...]] = {
     "kwok": KWOK_COMPONENTS,
     "real": REAL_NODE_COMPONENTS,
@@ -213,6 +240,8 @@ def _manifest_hash(component: Component) -> str:
     for name in ("go.mod", "go.sum"):
         h.update((component.wrapper / name).read_bytes())
     recipe = {"binaries": component.binaries, "ldflags": component.ldflags, "tags": component.tags}
+    if component.cgo:
+        recipe["cgo"] = True
     h.update(json.dumps(recipe, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -301,7 +330,7 @@ def _build_component(component: Component, manifest_hash: str, progress: Progres
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log_path = work / "build.log"
-    env = dict(os.environ, CGO_ENABLED="0")
+    env = dict(os.environ, CGO_ENABLED="1" if component.cgo else "0")
     env["GOFLAGS"] = " ".join(filter(None, [os.environ.get("GOFLAGS", ""), "-mod=readonly"]))
     seconds: dict[str, float] = {}
     peak_rss_mb: dict[str, int] = {}
@@ -315,7 +344,7 @@ def _build_component(component: Component, manifest_hash: str, progress: Progres
             cmd.append(pkg)
             progress(f"lab build | {component.name}: {name} {component.version} | building "
                      f"(total {time.monotonic() - t0:.0f}s)")
-            log.write(f"\n$ CGO_ENABLED=0 GOFLAGS='{env['GOFLAGS']}' {' '.join(cmd)}\n")
+            log.write(f"\n$ CGO_ENABLED={env['CGO_ENABLED']} GOFLAGS='{env['GOFLAGS']}' {' '.join(cmd)}\n")
             log.flush()
             start = time.monotonic()
             rc, rss = _run_measured(cmd, cwd=component.wrapper, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -382,7 +411,8 @@ def ensure_binaries(
     KWOK lab's set, :data:`KWOK_COMPONENTS`, whose names are kube-apiserver,
     kube-controller-manager, kube-scheduler, kubeadm, kubectl, etcd, kwok, kwokctl and
     training-operator.v1 (its CRDs: :func:`training_operator_crds`); kubernetes-node adds kubelet
-    and kube-proxy, coredns adds coredns. Components build one after the other (the machine has 2
+    and kube-proxy, coredns adds coredns, flannel adds flanneld and install-conf, flannel-cni adds
+    flannel (the CNI plugin). Components build one after the other (the machine has 2
     cores); each cached component is checked (stamp matches the lab/go manifest, binaries present,
     version output right) and skipped when valid, unless ``force``. Raises
     :class:`LabBuildError` (permanent when Go is missing, a component is unknown or a manifest is

@@ -36,7 +36,7 @@ from mlplat.lab import images as lab_images
 CTR_NS = "k8s.io"
 TRAINER_ENV = "MLPLAT_TEST_TRAINER_IMAGE"
 SMALL_KEYS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns", "pause",
-              "etcd", "busybox", "alpine", "training-operator")
+              "etcd", "busybox", "alpine", "training-operator", "flannel", "flannel-cni")
 
 
 def _quiet(_line: str) -> None:
@@ -104,6 +104,20 @@ def test_training_operator_name_and_command_match_the_offline_bundle(shared: Pat
         assert {"name": repo, "newTag": tag} in kust["images"]
 
 
+def test_flannel_names_and_commands_match_the_offline_bundle(shared: Path):
+    manifest = shared / "fixtures" / "offline-bundle" / "cluster-addons" / f"kube-flannel-{build.VERSIONS['flannel']}.yml"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} not found")
+    (ds,) = [o for o in yaml.safe_load_all(manifest.read_text()) if o and o["kind"] == "DaemonSet"]
+    spec = ds["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
+    assert by_name["install-cni-plugin"]["image"] == lab_images.FLANNEL_CNI_IMAGE
+    assert by_name["install-cni-plugin"]["command"] == ["cp"] and by_name["install-cni-plugin"]["args"][1] == "/flannel"
+    for name, binary in (("install-cni", "install-conf"), ("kube-flannel", "flanneld")):
+        assert by_name[name]["image"] == lab_images.FLANNEL_IMAGE
+        assert by_name[name]["command"] == [f"/{lab_images.FLANNEL_BIN_DIR}/{binary}"]
+
+
 def test_pytorch_init_container_default_is_alpine_3_10():
     go = shutil.which("go")
     if go is None:
@@ -141,6 +155,8 @@ def test_archives_hold_what_kubeadm_and_the_manifests_call(built):
         "pause": ("catatonit", {"Entrypoint": ["/catatonit", "-P"], "User": "65535:65535"}),
         "training-operator": ("manager", {"Entrypoint": ["/manager"]}),
         "alpine": ("bin/busybox", {"Cmd": ["/bin/sh"]}),
+        "flannel": ("opt/bin/flanneld", {"Entrypoint": ["/opt/bin/flanneld"]}),
+        "flannel-cni": ("flannel", {"Cmd": ["/bin/sh"]}),
     }
     for key, (path, want) in checks.items():
         im = _image(built, key)
@@ -445,6 +461,10 @@ VERSION_CHECKS = {
     "busybox": (["sh", "-c", "which sh nslookup wget httpd nc sleep cat seq; nslookup 2>&1 | head -1"], "BusyBox v"),
     # training-operator's init container: sh -c with seq, nslookup and sleep
     "alpine": (["sh", "-c", "for i in $(seq 1); do which nslookup sleep; done"], "/usr/bin/nslookup"),
+    # flanneld is a cgo build: it runs only if the image carries its libc and loader
+    "flannel": (["/opt/bin/flanneld", "--version"], build.VERSIONS["flannel"]),
+    # the init container's cp, and the plugin answering CNI's VERSION command
+    "flannel-cni": (["sh", "-c", "cp /flannel /tmp/f && CNI_COMMAND=VERSION /tmp/f </dev/null"], '"0.3.1"'),
 }
 
 

@@ -17,6 +17,11 @@ kubeadm and the manifests ask (``imagePullPolicy: IfNotPresent`` then finds them
 - the training operator under the name and path of Kubeflow 26.03's manifests
   (``applications/training-operator/upstream``: image ``ghcr.io/kubeflow/training-v1/
   training-operator:v1-3f15cb8``, ``command: [/manager]``), holding the lab's v1.9.4 build.
+- flannel under the names of the offline bundle's ``kube-flannel-v0.28.9.yml``: the flannel image
+  (``/opt/bin/flanneld`` and ``/opt/bin/install-conf`` built by the lab, this machine's iptables-nft
+  and the libraries flanneld links) and the flannel CNI plugin image (``/flannel``, the plugin of
+  containernetworking/plugins v0.9.1, not flannel-io/cni-plugin, plus busybox for the init
+  container's ``cp``); both labels say so.
 - ``localhost/mlplat/trainer:torch-<version>``: python3 and torch from this Python environment
   (``sys.executable``, its stdlib, torch and what torch requires except triton, the libraries all of
   it links), ``python3`` and ``torchrun`` in ``/usr/local/bin``, busybox ``sh``.
@@ -78,6 +83,13 @@ TRAINING_OPERATOR_COMMAND = "/manager"
 # (read in the Go module cache). Its init container runs `sh -c` with seq, nslookup and sleep.
 PYTORCH_INIT_IMAGE = "docker.io/library/alpine:3.10"
 BUSYBOX_IMAGE = "docker.io/library/busybox:1.36.1"
+# The offline bundle's cluster-addons/kube-flannel-v0.28.9.yml: kube-flannel-ds runs flanneld as
+# /opt/bin/flanneld, its install-cni init container /opt/bin/install-conf (flannel image), and its
+# install-cni-plugin init container `cp -f /flannel /opt/cni/bin/flannel` (CNI plugin image).
+# tests/lab/test_lab_images.py reads the bundle and checks these.
+FLANNEL_IMAGE = "ghcr.io/flannel-io/flannel:v0.28.9"
+FLANNEL_CNI_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3"
+FLANNEL_BIN_DIR = "opt/bin"
 TRAINER_REPOSITORY = "localhost/mlplat/trainer"
 
 # Which binary each kubeadm image holds (by the last component of its repository).
@@ -90,7 +102,7 @@ _KUBEADM_BINARY = {
     "etcd": "etcd",
     "pause": None,
 }
-KEYS = (*_KUBEADM_BINARY, "busybox", "alpine", "training-operator", "trainer")
+KEYS = (*_KUBEADM_BINARY, "busybox", "alpine", "training-operator", "flannel", "flannel-cni", "trainer")
 
 # Distributions torch lists as requirements that `import torch` does not need.
 TRAINER_SKIP_DISTS = {"triton"}
@@ -501,6 +513,58 @@ def _training_operator_spec(binaries: Callable[[str], Path]) -> _Spec:
     )
 
 
+def _flannel_spec(binaries: Callable[[str], Path]) -> _Spec:
+    version = build.VERSIONS["flannel"]
+    tag = FLANNEL_IMAGE.rsplit(":", 1)[1]
+    content = (f"flanneld and install-conf {version} (mlplat.lab.build) in /{FLANNEL_BIN_DIR}; "
+               f"iptables {_dpkg_version('iptables')} (nf_tables) from Debian")
+    note = "" if tag == version else f"the tag {tag} differs from the built version {version}"
+
+    def files() -> dict[str, Path]:
+        return {"flanneld": binaries("flanneld"), "install-conf": binaries("install-conf")}
+
+    def build_():
+        f = files()
+        # flanneld is built with cgo (as upstream): its libc and loader come along.
+        closure = oci.library_closure([f["flanneld"]])
+        entries = [oci.file(f"{FLANNEL_BIN_DIR}/{n}", b, 0o755) for n, b in f.items()]
+        entries += oci.closure_entries(closure)
+        said = _binary_version(f["flanneld"], ("--version",))
+        layers = [_base_layer(), _iptables_layer(),
+                  oci.Layer(entries, comment=f"flanneld {said} and install-conf in /{FLANNEL_BIN_DIR}, with libraries")]
+        return layers, oci.ImageConfig(entrypoint=[f"/{FLANNEL_BIN_DIR}/flanneld"],
+                                       labels=_labels(content + f" (says: {said})", version, note))
+
+    def inputs() -> dict:
+        f = files()
+        return {"version": version, "files": _files_inputs({**f, **oci.library_closure([f["flanneld"]])}),
+                "iptables": _iptables_inputs()}
+
+    return _Spec("flannel", FLANNEL_IMAGE, content, note, inputs, build_, version=version)
+
+
+def _flannel_cni_spec(binaries: Callable[[str], Path]) -> _Spec:
+    version = build.VERSIONS["flannel-cni"]
+    tag = FLANNEL_CNI_IMAGE.rsplit(":", 1)[1]
+    content = (f"the flannel CNI plugin of containernetworking/plugins {version} (mlplat.lab.build) at /flannel; "
+               f"busybox {_busybox_version(_busybox())} for cp")
+    note = (f"the tag {tag} is the name the bundle's manifest uses (flannel-io/cni-plugin, not served here); "
+            f"the plugin is its predecessor from containernetworking/plugins {version}, same contract "
+            "(/run/flannel/subnet.env, delegates to bridge and host-local)")
+
+    def build_():
+        b = binaries("flannel")
+        return ([_base_layer(), _busybox_layer(), _static_binary_layer("flannel", b)],
+                oci.ImageConfig(cmd=["/bin/sh"], labels=_labels(content, version, note)))
+
+    return _Spec(
+        "flannel-cni", FLANNEL_CNI_IMAGE, content, note,
+        inputs=lambda: {"version": version, "busybox-static": _dpkg_version("busybox-static"),
+                        "files": _files_inputs({"flannel": binaries("flannel"), "busybox": _busybox()})},
+        build=build_, version=version,
+    )
+
+
 # ---- trainer ---------------------------------------------------------------------------------
 
 
@@ -754,7 +818,8 @@ class _Binaries:
 
 def _specs(names: list[str] | None, binaries: _Binaries, kubeadm_list: list[str] | None) -> list[_Spec]:
     want = None if names is None else list(dict.fromkeys(names))
-    others = {"busybox": BUSYBOX_IMAGE, "alpine": PYTORCH_INIT_IMAGE, "training-operator": TRAINING_OPERATOR_IMAGE}
+    others = {"busybox": BUSYBOX_IMAGE, "alpine": PYTORCH_INIT_IMAGE, "training-operator": TRAINING_OPERATOR_IMAGE,
+              "flannel": FLANNEL_IMAGE, "flannel-cni": FLANNEL_CNI_IMAGE}
     need_kubeadm = want is None or any(n in _KUBEADM_BINARY or n.startswith("registry.k8s.io/") for n in want)
     kubeadm_names: list[str] = []
     if need_kubeadm:
@@ -768,6 +833,10 @@ def _specs(names: list[str] | None, binaries: _Binaries, kubeadm_list: list[str]
             return _busybox_spec(key, others[key])
         if key == "training-operator":
             return _training_operator_spec(binaries)
+        if key == "flannel":
+            return _flannel_spec(binaries)
+        if key == "flannel-cni":
+            return _flannel_cni_spec(binaries)
         return _trainer_spec()
 
     by_name = {n: _kubeadm_key(n) for n in kubeadm_names}

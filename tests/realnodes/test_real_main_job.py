@@ -141,6 +141,13 @@ def test_phase_30_builds_two_ready_containerd_nodes(real_lab, main_job):
     # Built by the archived papermill run: kubeadm init and join ran, and the network checks passed.
     assert re.search(r"lab-1\s+kubeadm \| init\s+changed", text) and re.search(r"lab-2\s+kubeadm \| join\s+changed", text)
     assert "verify | Service across nodes" in text
+    # The CNI is the offline bundle's flannel (vxlan), its images built by the lab.
+    ds = json.loads(real_lab.kubectl("get", "daemonset", "-n", "kube-flannel", "kube-flannel-ds", "-o", "json"))
+    assert ds["status"].get("numberReady") == 2, ds["status"]
+    for i in (1, 2):
+        link = real_lab.ssh(i, "ip -d link show flannel.1").stdout
+        assert "vxlan id 1" in link, link
+        assert "FLANNEL_SUBNET=10.244." in real_lab.ssh(i, "cat /run/flannel/subnet.env").stdout
     assert "from lab-2 to lab-1" in text or "from lab-1 to lab-2" in text
     assert (run_dir / "30_kubernetes.html").is_file()
 
@@ -242,8 +249,10 @@ def test_teardown_resets_both_hosts(real_lab, main_job):
     v = _verdict(run_dir, "99")
     assert v["ok"], (v.get("failures"), r.stdout[-2000:])
     for i in (1, 2):
-        left = real_lab.ssh(i, "ls /etc/kubernetes/manifests /var/lib/kubelet/config.yaml /etc/cni/net.d/10-mlplat-bridge.conflist "
-                               "2>/dev/null; ip link show cni0 2>/dev/null; systemctl is-active kubelet", check=False).stdout
+        left = real_lab.ssh(i, "ls /etc/kubernetes/manifests /var/lib/kubelet/config.yaml /etc/cni/net.d/10-flannel.conflist "
+                               "/run/flannel /var/lib/cni/flannel /var/lib/cni/networks/cbr0 2>/dev/null; "
+                               "ip link show cni0 2>/dev/null; ip link show flannel.1 2>/dev/null; systemctl is-active kubelet",
+                            check=False).stdout
         assert left.strip() in ("inactive", "failed"), left
     # A second teardown finds nothing to do.
     r, run_dir = real_lab.run("99", params=confirmed, timeout=900)

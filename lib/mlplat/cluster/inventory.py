@@ -203,6 +203,10 @@ KUBEADM_LEFTOVERS = ("/etc/kubernetes/admin.conf", "/etc/kubernetes/super-admin.
                      "/etc/kubernetes/bootstrap-kubelet.conf", "/etc/kubernetes/controller-manager.conf",
                      "/etc/kubernetes/scheduler.conf", "/etc/kubernetes/pki", "/etc/kubernetes/tmp")
 STATIC_PODS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# What flannel leaves on a node: its CNI config (the bundle's install-cni writes it), its lease file
+# folder, the delegate configs its CNI plugin keeps per pod, and host-local's leases of its network
+# (the bundle's conflist names it cbr0).
+FLANNEL_STATE = ("/etc/cni/net.d/10-flannel.conflist", "/run/flannel", "/var/lib/cni/flannel", "/var/lib/cni/networks/cbr0")
 
 
 def host_probe(pod_cidr: str | None = None) -> str:
@@ -210,7 +214,7 @@ def host_probe(pod_cidr: str | None = None) -> str:
     ``route``, ``iptables``; ``binary kubeadm`` is information only: packages are another step's).
     With ``pod_cidr``, gateway routes inside it (host-gw routes of the bridge CNI or flannel)."""
     paths = " ".join(KUBEADM_LEFTOVERS + ("/var/lib/kubelet/config.yaml", "/var/lib/etcd", "/etc/cni/net.d",
-                                          "/run/flannel", cni.IPAM_DIR))
+                                          *FLANNEL_STATE[1:], cni.IPAM_DIR))
     lines = [
         f"for f in {paths}; do",
         '  if [ -e "$f" ]; then',
@@ -261,7 +265,7 @@ def reset_commands(cni_iptables: bool = True, pod_cidr: str | None = None) -> li
     leftovers = " ".join(KUBEADM_LEFTOVERS + tuple(f"/etc/kubernetes/manifests/{n}.yaml" for n in STATIC_PODS))
     cmds = [
         "if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock; fi",
-        "rm -rf /etc/cni/net.d/10-flannel.conflist /etc/cni/net.d/*istio* /run/flannel /etc/mlplat/kubeadm-*.yaml",
+        f"rm -rf {' '.join(FLANNEL_STATE)} /etc/cni/net.d/*istio* /etc/mlplat/kubeadm-*.yaml",
     ]
     if pod_cidr:
         cmds += cni.reset_commands(pod_cidr)

@@ -146,12 +146,12 @@ def _real_up(state_dir: Path, hosts: int | None, network: str | None) -> Path:
 # What phase 30 needs to build a cluster on the lab's hosts (reference/real-nodes.md, parts 4 and 5):
 # cgroup v1 (kubeadm's SystemVerification check ignored, named in its config step), the cgroupfs
 # driver, no eviction or image GC on the machine's one shared disk, no global conntrack sizing
-# (nf_conntrack_max is not writable from a network namespace), and a bridge CNI with routes (the
-# hosts share one L2 segment).
+# (nf_conntrack_max is not writable from a network namespace), and flannel from the offline bundle
+# (vxlan between the hosts' lab addresses; its images are built by mlplat.lab.images).
 REAL_KUBERNETES = {
     "cgroup_driver": "cgroupfs",
     "allow_cgroup_v1": True,
-    "cni": "bridge",
+    "cni": "flannel",
     "kubelet_config": {
         "imageGCHighThresholdPercent": 100,
         "evictionHard": {"nodefs.available": "0%", "imagefs.available": "0%", "nodefs.inodesFree": "0%"},

@@ -451,7 +451,11 @@ def cni() -> Table:
     if p.kubernetes.cni == "none":
         rows = [skipped(ALL, step, "kubernetes.cni is none: bring your own CNI")]
     else:
-        rows = _bundle_daemonsets(ctx, bundle.flannel, step)
+        # flannel's CNI plugin delegates to the standard plugins (bridge, host-local, portmap,
+        # loopback): checked on hosts this phase built, as for the bridge CNI. A host without them
+        # fails here by name; flannel is applied all the same (its pods use the host network).
+        rows = [] if kc.existing(p) else _cni_plugins(ctx, _pool(ctx))[0]
+        rows += _bundle_daemonsets(ctx, bundle.flannel, step)
     return ctx.phase.record("cni", rows, f"flannel {p.versions.flannel} (pods {p.kubernetes.pod_cidr})")
 
 
@@ -471,32 +475,7 @@ def _bridge(ctx) -> list[StepResult]:
                                           "nothing on its hosts; its nodes keep the CNI they have")
         return [skipped(ALL, step, why)]
     pool = _pool(ctx)
-    rows: list[StepResult] = []
-    usable = []
-    for r in sh_each(pool, lambda h: bridge.plugin_check(), "cni | plugins", timeout=60):
-        text = r.data.get("stdout") or "" if r.ok else ""
-        problem = (f"could not check the CNI plugins: {r.message}" if not r.ok else bridge.plugin_problem(text))
-        link = bridge.link_command(text) if r.ok else None
-        if link and ctx.apply:
-            done = pool.connection(r.host).sudo(link)
-            if done.ok:
-                usable.append(r.host)
-                rows.append(StepResult(host=r.host, step="cni | plugins", changed=True, message=(
-                    f"linked the distribution's plugins ({bridge.DISTRO_BIN_DIR}) into {bridge.BIN_DIR}, where "
-                    f"containerd looks: {', '.join(bridge.PLUGINS)}")))
-                continue
-            problem += f"; linking them failed: {done.summary()}"
-        elif link:
-            usable.append(r.host)
-            rows.append(StepResult(host=r.host, step="cni | plugins", changed=True, message=(
-                f"would link the distribution's plugins ({bridge.DISTRO_BIN_DIR}) into {bridge.BIN_DIR}")))
-            continue
-        if problem:
-            rows.append(failed(r.host, "cni | plugins", problem))
-        else:
-            usable.append(r.host)
-            rows.append(StepResult(host=r.host, step="cni | plugins",
-                                   message=f"{', '.join(bridge.PLUGINS)} in {bridge.BIN_DIR}"))
+    rows, usable = _cni_plugins(ctx, pool)
     kube = _kube(ctx)
     if kube is None:
         rows += [StepResult(host=h, step=step, changed=True, message=(
@@ -531,6 +510,39 @@ def _bridge(ctx) -> list[StepResult]:
         rows.append(r)
     ctx.phase.note(ROUTES_NOTE)
     return rows
+
+
+def _cni_plugins(ctx, pool) -> tuple[list[StepResult], list[str]]:
+    """The standard CNI plugins (bridge, host-local, portmap, loopback) on every host, where containerd
+    looks for them; the distribution's copies linked there when that is where they are. Returns the
+    rows and the hosts that have them."""
+    rows: list[StepResult] = []
+    usable: list[str] = []
+    for r in sh_each(pool, lambda h: bridge.plugin_check(), "cni | plugins", timeout=60):
+        text = r.data.get("stdout") or "" if r.ok else ""
+        problem = (f"could not check the CNI plugins: {r.message}" if not r.ok else bridge.plugin_problem(text))
+        link = bridge.link_command(text) if r.ok else None
+        if link and ctx.apply:
+            done = pool.connection(r.host).sudo(link)
+            if done.ok:
+                usable.append(r.host)
+                rows.append(StepResult(host=r.host, step="cni | plugins", changed=True, message=(
+                    f"linked the distribution's plugins ({bridge.DISTRO_BIN_DIR}) into {bridge.BIN_DIR}, where "
+                    f"containerd looks: {', '.join(bridge.PLUGINS)}")))
+                continue
+            problem += f"; linking them failed: {done.summary()}"
+        elif link:
+            usable.append(r.host)
+            rows.append(StepResult(host=r.host, step="cni | plugins", changed=True, message=(
+                f"would link the distribution's plugins ({bridge.DISTRO_BIN_DIR}) into {bridge.BIN_DIR}")))
+            continue
+        if problem:
+            rows.append(failed(r.host, "cni | plugins", problem))
+        else:
+            usable.append(r.host)
+            rows.append(StepResult(host=r.host, step="cni | plugins",
+                                   message=f"{', '.join(bridge.PLUGINS)} in {bridge.BIN_DIR}"))
+    return rows, usable
 
 
 def _node_networks(ctx, kube: Kube) -> dict[str, bridge.NodeNet]:

@@ -113,3 +113,32 @@ def test_config_reads_cgroups_and_bridge_plan_without_a_cluster(real_params, lab
     assert [r.message for r in _rows(p30, "device_plugin")] == [
         "skipped: no host is expected to have GPUs (hosts[].gpus are all 0): the device plugin would only "
         "crash-loop on these nodes"]
+
+
+def test_flannel_plan_checks_the_cni_plugins_not_yet_before_packages(real_params, lab_pool, monkeypatch):
+    """flannel's CNI plugin needs the standard plugins: a host without them fails by name, except in a
+    plan whose packages step would install them first."""
+    data = yaml.safe_load(real_params.read_text())
+    data["kubernetes"]["cni"] = "flannel"
+    real_params.write_text(yaml.safe_dump(data, sort_keys=False))
+    # Hosts with the plugins neither in /opt/cni/bin nor in the distribution's folder.
+    monkeypatch.setattr(p30.bridge, "plugin_check", lambda: "echo 'missing bridge'; echo 'missing host-local'")
+    p30.setup(params_file=str(real_params), mode="plan")
+    p30.packages()
+    assert all(r.changed for r in _rows(p30, "packages"))
+    p30.cni()
+    plugins = [r for r in _rows(p30, "cni") if r.step == "cni | plugins"]
+    assert len(plugins) == len(lab_pool.hosts)
+    assert all(r.ok and r.skipped and r.message.startswith("not yet: CNI plugins missing in /opt/cni/bin: bridge, "
+                                                           "host-local") and "this plan changes packages first"
+               in r.message for r in plugins), [r.message for r in plugins]
+    # Once the packages are in place, missing plugins fail, naming each host.
+    p30.setup(params_file=str(real_params), mode="apply")
+    p30.packages()
+    p30.setup(params_file=str(real_params), mode="plan")
+    p30.packages()
+    assert not any(r.changed for r in _rows(p30, "packages"))
+    p30.cni()
+    plugins = [r for r in _rows(p30, "cni") if r.step == "cni | plugins"]
+    assert sorted(r.host for r in plugins if not r.ok) == sorted(h.name for h in lab_pool.hosts)
+    assert all("containernetworking-plugins" in r.message for r in plugins), [r.message for r in plugins]

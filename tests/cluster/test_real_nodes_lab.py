@@ -44,9 +44,13 @@ def real_params(lab_hosts, lab_pool, tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     yield path
-    lab_pool.sh(f"rm -rf {bindir} /etc/cni /opt/cni; for b in kubeadm kubelet kubectl; do "
-                f"cmp -s /usr/bin/$b {bindir}/$b 2>/dev/null && rm -f /usr/bin/$b; done; "
+    # The copies phase 30 made go first: they are recognised by comparing them with the fakes.
+    lab_pool.sh(f"for b in kubeadm kubelet kubectl; do cmp -s /usr/bin/$b {bindir}/$b 2>/dev/null && "
+                f"rm -f /usr/bin/$b; done; rm -rf {bindir} /etc/cni /opt/cni; "
                 f"rm -f {pk.KUBELET_UNIT} {pk.KUBEADM_DROPIN}; true", step="cleanup", check=False)
+    left = lab_pool.sh("for b in kubeadm kubelet kubectl; do [ -e /usr/bin/$b ] && echo $b; done; true",
+                       step="cleanup check", check=False)
+    assert not any((r.data.get("stdout") or "").strip() for r in left), "a fake binary was left on a lab host"
 
 
 def _q(s: str) -> str:

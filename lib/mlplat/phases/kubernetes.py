@@ -897,7 +897,7 @@ def _run_smoke(ctx, kube: Kube, gpu_nodes: list[str]) -> list[StepResult]:
             rows.append(StepResult(host=n, step=step, message=msg, duration=time.monotonic() - t0))
         except (WaitTimeout, WaitFailed) as e:
             pods = kube.list(pod_res, "default", selector=f"job-name={name}")
-            why = "; ".join(_pod_why(x) for x in pods) or "no pod was created"
+            why = "; ".join(netcheck.pod_why(x) for x in pods) or "no pod was created"
             rows.append(failed(n, step, f"Job {name} did not complete: {e}; pods: {why}",
                                duration=time.monotonic() - t0))
         finally:
@@ -906,19 +906,6 @@ def _run_smoke(ctx, kube: Kube, gpu_nodes: list[str]) -> list[StepResult]:
             except KubeError:
                 pass
     return rows
-
-
-def _pod_why(pod: dict) -> str:
-    st = pod.get("status") or {}
-    bits = [f"{pod['metadata']['name']} {st.get('phase', '?')}"]
-    for c in st.get("conditions") or []:
-        if c.get("status") != "True" and c.get("message"):
-            bits.append(c["message"])
-    for cs in st.get("containerStatuses") or []:
-        w = (cs.get("state") or {}).get("waiting") or {}
-        if w.get("reason"):
-            bits.append(f"{w['reason']}: {w.get('message', '')}")
-    return " ".join(bits)
 
 
 def finish() -> Table:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ..kube.diagnose import image_pull_problems
 from ..params.schema import Params
 from ..report import StepResult, failed
 from .nodes import SMOKE_LABEL, _ready
@@ -30,7 +31,6 @@ SERVICE_PORT = 80
 CLUSTER_DOMAIN = "cluster.local"
 KUBERNETES_FQDN = f"kubernetes.default.svc.{CLUSTER_DOMAIN}"
 RUNTIME_PREFIX = "containerd://"
-IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
 COREDNS_SELECTOR = "k8s-app=kube-dns"
 
 
@@ -112,10 +112,8 @@ def pod_why(pod: dict) -> str:
 
 def image_problem(pod: dict) -> str | None:
     """The waiting reason when the pod's image cannot be had (pull failed, or not preloaded)."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        w = (cs.get("state") or {}).get("waiting") or {}
-        if w.get("reason") in IMAGE_PULL_REASONS:
-            return f"{w['reason']}: {w.get('message', '')}".rstrip(": ")
+    for x in image_pull_problems(pod):
+        return f"{x['reason']}: {x['message']}".rstrip(": ")
     return None
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from ..params.schema import Host, Params
 from ..params.versions import minor
 from . import nodes
-from .kubeadm import HostStep, PlanFile
+from .kubeadm import HostStep, PlanFile, kubernetes_version
 
 UPSTREAM = "https://pkgs.k8s.io"
 PACKAGES = ("kubelet", "kubeadm", "kubectl")
@@ -303,7 +303,7 @@ def parse_lab_probe(text: str) -> LabProbe:
 def lab_problems(params: Params, probe: LabProbe) -> list[str]:
     """What makes the lab's binaries unusable here: missing, or not the pinned version."""
     src = lab_binaries(params)
-    want = "v" + params.versions.kubernetes.lstrip("vV")
+    want = kubernetes_version(params)
     out = [f"{src}/{b} is missing (build the lab binaries: mlplat lab build)" for b in probe.missing]
     for b, v in probe.versions.items():
         if v != want:
@@ -320,7 +320,7 @@ def lab_install_step(params: Params, host: Host, facts: dict | None = None, dest
     src = lab_binaries(params)
     if src is None:
         raise ValueError("lab_install_step needs lab.nodes: real and lab.binaries_dir")
-    want = "v" + params.versions.kubernetes.lstrip("vV")
+    want = kubernetes_version(params)
     s, d = shlex.quote(src), shlex.quote(dest)
     check = (f"{_VERSION_FN}; for b in {' '.join(LAB_BINARIES)}; do got=$(v {s}/$b); "
              f"[ \"$got\" = {want} ] || {{ echo \"{src}/$b is ${{got:-missing or unreadable}}, "

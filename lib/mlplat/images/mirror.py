@@ -257,7 +257,6 @@ def node_import_plan(inventory: Inventory | Iterable[ImageRef | str], hosts: lis
     return ImportPlan(archive_dir, runtime, platform, refs, pull_from, staging, plan_hosts)
 
 
-PROBE_CONTAINERD = "ctr -n k8s.io images ls -q"
 PROBE_DOCKER = "docker images --format '{{.Repository}}:{{.Tag}}'"
 
 

@@ -2,7 +2,7 @@
 
 Used by phase 30 (the site's image kit: kubeadm's images, the CNI's, the checks', before ``kubeadm
 init``, for air-gapped sites) and by phase 50 (Kubeflow's images, ``image_mirror.mode:
-node-import``). Per host: probe what containerd already holds (``ctr -n k8s.io images ls -q``),
+node-import``). Per host: probe what containerd already holds, with digests (``ctr -n k8s.io images ls``),
 then for each missing image make its archive available on the host and ``ctr -n k8s.io images
 import`` it. An archive already readable on the host at the same path with the same size (a shared
 mount: NFS on a real site, the machine's disk in the lab) is imported in place; otherwise it is

@@ -100,23 +100,17 @@ def _real_up(state_dir: Path, hosts: int | None, network: str | None) -> Path:
     bin_dir.mkdir(exist_ok=True)
     for name in REAL_NODE_BINARIES:
         src = _find_binary(binaries, name)
-        link = bin_dir / name
-        if not link.is_symlink() or os.readlink(link) != str(src):
-            link.unlink(missing_ok=True)
-            link.symlink_to(src)
+        _link(bin_dir / name, src)
     try:
-        built = lab_images.ensure_images()
+        built = lab_images.ensure_images(binaries=binaries)
     except Exception as e:
         raise LabError(f"lab images: {e}") from e
     kit = state_dir / "images"
     kit.mkdir(exist_ok=True)
     wanted = set()
     for img in built:
-        link = kit / Path(img.path).name
-        wanted.add(link.name)
-        if not link.is_symlink() or os.readlink(link) != str(img.path):
-            link.unlink(missing_ok=True)
-            link.symlink_to(img.path)
+        wanted.add(Path(img.path).name)
+        _link(kit / Path(img.path).name, img.path)
     for stale in kit.glob("*.tar"):
         if stale.name not in wanted:
             stale.unlink()
@@ -160,6 +154,13 @@ REAL_KUBERNETES = {
     "kube_proxy_config": {"conntrack": {"maxPerCore": 0}},
     "net_check_image": "docker.io/library/busybox:1.36.1",
 }
+
+
+def _link(link: Path, target) -> None:
+    """``link`` -> ``target``, replaced only when it points elsewhere."""
+    if not link.is_symlink() or os.readlink(link) != str(target):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
 
 
 def _find_binary(binaries: dict, name: str) -> Path:

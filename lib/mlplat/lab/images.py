@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mlplat.images import oci
+from mlplat.kubeflow.source import file_sha256
 from mlplat.lab import build
 
 # Bump when a recipe below changes what goes into an image: every cache key includes it.
@@ -175,14 +176,6 @@ def archive_path(name: str) -> Path:
     return images_dir() / f"{_slug(name)}.tar"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _key(spec: _Spec) -> str:
     blob = json.dumps({"recipe": RECIPE_VERSION, "name": spec.name, "key": spec.key, "inputs": spec.inputs()},
                       sort_keys=True, default=str)
@@ -248,7 +241,7 @@ def _busybox_version(bb: Path) -> str:
 
 
 def _files_inputs(files: dict[str, Path]) -> dict[str, str]:
-    return {p: _sha256_file(h) for p, h in sorted(files.items())}
+    return {p: file_sha256(h) for p, h in sorted(files.items())}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,7 +400,7 @@ def _kubeadm_spec(name: str, binaries: Callable[[str], Path]) -> _Spec:
 
     def inputs() -> dict:
         b = binaries(binary_name)
-        d = {"binary": _sha256_file(b), "version": version}
+        d = {"binary": file_sha256(b), "version": version}
         if key == "kube-proxy":
             d["iptables"] = _iptables_inputs()
         return d
@@ -508,7 +501,7 @@ def _training_operator_spec(binaries: Callable[[str], Path]) -> _Spec:
 
     return _Spec(
         "training-operator", TRAINING_OPERATOR_IMAGE, content, note,
-        inputs=lambda: {"binary": _sha256_file(binaries("training-operator.v1")), "version": version},
+        inputs=lambda: {"binary": file_sha256(binaries("training-operator.v1")), "version": version},
         build=build_, version=version,
     )
 
@@ -712,7 +705,7 @@ def _trainer_spec() -> _Spec:
                 stdlib.append((e.path, e.target))
         return {
             "python": sys.version,
-            "python_binary": _sha256_file(p.python),
+            "python_binary": file_sha256(p.python),
             "stdlib": hashlib.sha256(json.dumps(stdlib).encode()).hexdigest(),
             "dists": dists,
             "closure": _files_inputs(p.closure),

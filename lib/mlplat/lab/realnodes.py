@@ -154,12 +154,6 @@ def net_up(network: str, lid: str, hosts: list[tuple[int, str]]) -> None:
         _sysctl_in(ns, "net.ipv4.ip_forward", "1")
 
 
-def net_down_host(lid: str, name: str) -> None:
-    ns = host_ns(lid, name)
-    if ns in _netns_list():
-        _ip("netns", "del", ns)
-
-
 def net_down(lid: str) -> None:
     for ns in sorted(_netns_list()):
         if ns.startswith(f"mlplat-{lid}-"):

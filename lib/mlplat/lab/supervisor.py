@@ -382,8 +382,7 @@ def systemctl(argv: list[str]) -> int:
     rc = 0
     for unit in units:
         known = parse_unit(unit) is not None
-        if cmd in ("start", "restart", "try-restart", "reload-or-restart", "reload", "stop", "enable", "disable") \
-                and not known and cmd not in ("stop", "disable"):
+        if cmd in ("start", "restart", "try-restart", "reload-or-restart", "reload", "enable") and not known:
             print(f"Failed to {cmd} {unit}: Unit {unit} not found.", file=sys.stderr)
             rc = 5
             continue

@@ -42,6 +42,7 @@ from ..cluster.remote import run_steps, sh_each
 from ..cluster.steps import apply_rows, planned_rows, wait_rows
 from ..hosts import HostPool
 from ..kube import Kube, KubeError, WaitFailed, WaitTimeout, apply, pod_logs, wait_for
+from ..kube.diagnose import IMAGE_PULL_REASONS
 from ..params.schema import ROLE_CONTROL_PLANE
 from ..params.versions import fmt, minor
 from ..report import StepResult, Table, failed, register_secret, skipped
@@ -169,7 +170,7 @@ def _lab_packages_message(ctx, r: StepResult, src: str) -> None:
         return
     probe = pk.parse_lab_probe(r.data["probe"])
     problems = pk.lab_problems(ctx.params, probe)
-    want = "v" + ctx.params.versions.kubernetes.lstrip("vV")
+    want = kubeadm.kubernetes_version(ctx.params)
     if problems:
         r.ok = False
         r.message = "lab: no package repository, and the lab's binaries cannot be used: " + "; ".join(problems)
@@ -776,7 +777,7 @@ def _log_tail(kube: Kube, name: str, ns: str, lines: int = 3) -> str:
 
 def _pod_failure(pod: dict | None, node: str, image: str, problem: str, log: str = "") -> str:
     img = netcheck.image_problem(pod) if pod else None
-    if img or any(r in problem for r in netcheck.IMAGE_PULL_REASONS):
+    if img or any(r in problem for r in IMAGE_PULL_REASONS):
         return (f"net check image {image} cannot be pulled on {node} ({img or problem}): preload it on every node "
                 "or set kubernetes.net_check_image to one the nodes have")
     return (f"pod on {node}: {problem}" + (f"; {netcheck.pod_why(pod)}" if pod else "")

@@ -42,6 +42,7 @@ import pandas as pd
 
 from ..cluster import nodes as cnodes
 from ..kube import Kube, KubeError, NoKindMatch, WaitFailed, WaitTimeout, apply, pod_logs, wait_for
+from ..kube.diagnose import image_pull_problems
 from ..kube.tables import pod_status
 from ..report import StepResult, Table, failed, skipped
 from ..training import plan as tplan
@@ -408,7 +409,6 @@ def _job_check(kind: str):
     return check
 
 
-PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
 PULL_POLL_S = 10.0
 
 
@@ -422,14 +422,11 @@ def _pull_watch(kube: Kube, job: tplan.PlannedJob, base):
         if now - last[0] >= PULL_POLL_S:
             last[0] = now
             for p in _pods_of(kube, job):
-                st = p.get("status") or {}
-                for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
-                    w = (cs.get("state") or {}).get("waiting") or {}
-                    if w.get("reason") in PULL_FAILURES:
-                        raise WaitFailed(
-                            f"{p['metadata']['name']} on {(p.get('spec') or {}).get('nodeName')}: {w['reason']} for "
-                            f"{cs.get('image')} ({(w.get('message') or '').strip()[:160]}): the node cannot get the "
-                            "image; preload it (kubernetes.image_archives, 30_kubernetes) or mirror it")
+                for x in image_pull_problems(p):
+                    raise WaitFailed(
+                        f"{p['metadata']['name']} on {(p.get('spec') or {}).get('nodeName')}: {x['reason']} for "
+                        f"{x['image']} ({x['message'].strip()[:160]}): the node cannot get the "
+                        "image; preload it (kubernetes.image_archives, 30_kubernetes) or mirror it")
         return base(obj)
 
     check.__name__ = base.__name__
@@ -609,29 +606,13 @@ def _stopped(ctx, key: str, stop: StepResult, title: str) -> Table:
     return Table(pd.DataFrame([{"status": stop.status, "message": stop.message}]), title)
 
 
-def _images_in(obj) -> set[str]:
-    """Every container image named anywhere in a manifest (replica templates included)."""
-    out: set[str] = set()
-    if isinstance(obj, dict):
-        for k in ("containers", "initContainers"):
-            for c in obj.get(k) or []:
-                if isinstance(c, dict) and c.get("image"):
-                    out.add(c["image"])
-        for v in obj.values():
-            out |= _images_in(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            out |= _images_in(v)
-    return out
-
-
 def _kit_missing(ctx, job: tplan.PlannedJob) -> list[str]:
     """Images of the job absent from the site's image kit (kubernetes.image_archives), if it has one."""
     where = ctx.params.kubernetes.image_archives
     if not where:
         return []
     from ..images import preload
-    from ..images.refs import try_parse
+    from ..images.inventory import scan
 
     if "kit_names" not in ctx.extra:  # read the archives once per run, not once per job
         try:
@@ -641,7 +622,7 @@ def _kit_missing(ctx, job: tplan.PlannedJob) -> list[str]:
     names = ctx.extra["kit_names"]
     if names is None:
         return []
-    return sorted(i for i in _images_in(job.manifest) if ((r := try_parse(i)) and r.full) not in names)
+    return sorted({u.image for u in scan([job.manifest]).uses if u.source == "container" and u.full not in names})
 
 
 def bandwidth() -> Table:

@@ -155,21 +155,42 @@ def applied(lab, tmp_path_factory):
     victim = lab.names[-1]
     first = lab.names[0]
     _ssh(lab, f"grep -q '^{SWAP_LINE}$' /etc/fstab || echo '{SWAP_LINE}' >> /etc/fstab")  # a server with swap
-    killer = {}
+    # Earlier modules of the session may have installed the base packages on the session's hosts
+    # already; without socat the victim's package step has real work (a download and dpkg) to stop.
+    _ssh(lab, "dpkg -r socat >/dev/null 2>&1; dpkg-query -W -f='${db:Status-Status}' socat 2>/dev/null || true")
+    killer = {"go": threading.Event()}
+
+    def stop_victim(how: str):
+        lab_hosts_mod.stop_host(lab.state_dir, victim)
+        killer["at"], killer["how"] = time.monotonic(), how
+
+    def watch():
+        """Stop the victim as soon as apt-get or dpkg runs there (the package install halfway), or,
+        when that was over before it was seen, as the next step starts (`go`): either way the victim
+        stops before its swap, modules and sysctl steps, so a rerun has work on it for certain."""
+        from mlplat.hosts import HostPool
+
+        with HostPool.from_file(lab.hostprep_params) as pool:
+            while not killer["go"].is_set():
+                res = pool.sh("pgrep -x 'apt-get|dpkg|http' || true", step="check", check=False, hosts=[victim])
+                if any(r.data.get("stdout", "").strip() for r in res):
+                    return stop_victim("while apt-get/dpkg ran")
+                killer["go"].wait(0.05)
+        stop_victim("before the step after the package install")
 
     def during(step_name):
         if step_name == "base_packages":
-            def stop():
-                time.sleep(2.0)  # apt-get is downloading / unpacking by now
-                lab_hosts_mod.stop_host(lab.state_dir, victim)
-                killer["at"] = time.monotonic()
-            killer["thread"] = threading.Thread(target=stop)
+            killer["thread"] = threading.Thread(target=watch)
             killer["thread"].start()
+        elif "thread" in killer and killer["thread"].is_alive():
+            killer["go"].set()
+            killer["thread"].join()
 
     t0 = time.monotonic()
     out["killed"] = run_phase(host_prep, lab.hostprep_params, "apply", tmp_path_factory.mktemp("run1"), during)
     out["killed_s"] = time.monotonic() - t0
     killer["thread"].join()
+    out["killed_how"] = killer["how"]
     lab.ensure_up()  # `lab up`: the stopped host starts again, its files as it left them
     t0 = time.monotonic()
     out["rerun10"] = run_phase(host_prep, lab.hostprep_params, "apply", tmp_path_factory.mktemp("run2"))
@@ -187,6 +208,7 @@ def test_host_stopped_halfway_is_named_and_others_finish(applied):
     v, err = applied["killed"]
     victim = applied["victim"]
     assert err is not None and not v["ok"]
+    print(f"{victim} stopped {applied['killed_how']}")
     print("\n".join(f"{f['host']}: {f['step']}: {f['message'][:160]}" for f in v["failures"]))
     assert {f["host"] for f in v["failures"]} == {victim}, v["failures"]
     assert victim in str(err)

@@ -16,7 +16,7 @@ from ..report import StepResult, Table, failed
 from .base import Outcome, SSHRemote, Target, execute
 
 _DEAD = re.compile(r"unreachable|refused the connection|did not answer|SSH handshake failed|"
-                   r"Socket is closed|SSH session not active|Connection reset|EOFError", re.I)
+                   r"Socket is closed|SSH session not active|Connection reset|EOFError|lost the connection", re.I)
 
 
 def _phase_state(ctx) -> dict:

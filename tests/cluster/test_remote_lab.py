@@ -4,6 +4,8 @@ package and reset probes of phases 30 and 99 on a fresh Debian host."""
 
 from __future__ import annotations
 
+import base64
+import shutil
 import uuid
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from mlplat.cluster import inventory, packages as pk
 from mlplat.cluster.kubeadm import HostStep, PlanFile
 from mlplat.cluster.remote import run_steps
-from mlplat.params import load_params
+from mlplat.hosts import HostPool
+from mlplat.params import Params, load_params
 
 pytestmark = pytest.mark.lab_hosts
 
@@ -37,6 +40,42 @@ def test_plan_then_apply_then_nothing(lab_pool):
     mode = lab_pool.sh(f"stat -c %a /etc/mlplat/test-{tag}.yaml", step="stat")
     assert all(r.data["stdout"].strip() == "600" for r in mode)
     lab_pool.sh(f"rm -f /etc/mlplat/test-{tag}.yaml /etc/mlplat/done-{tag}", step="cleanup")
+
+
+@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo is not installed on this machine (apt-get install sudo)")
+def test_a_secret_file_stays_off_the_command_line_with_a_sudo_password(lab_pool, lab_hosts, monkeypatch):
+    """A join config (token, certificate key) written by a user whose sudo asks for a password: the
+    content must not ride on a command line, which sudo logs. sudo's own log on the host shows what
+    ran; the file arrives whole, 0600, and no staged copy is left in the user's home."""
+    host = lab_hosts.names[0]
+    user, password = "mlw" + uuid.uuid4().hex[:6], "pw-" + uuid.uuid4().hex
+    secret = f"token: abcdef.{uuid.uuid4().hex[:16]}\ncertificateKey: {uuid.uuid4().hex * 2}\n"
+    log, path = f"/var/log/sudo-{user}.log", f"/etc/mlplat-{user}/join.yaml"
+    setup = (f"useradd -m -d /opt/{user} -s /bin/sh {user} && echo '{user}:{password}' | chpasswd && "
+             f"printf '%s\\n' 'Defaults:{user} logfile={log}' '{user} ALL=(ALL) ALL' > /etc/sudoers.d/{user} && "
+             f"chmod 0440 /etc/sudoers.d/{user}")
+    assert lab_pool.sh(setup, "create sudoer", hosts=[host])[0].ok
+    var = "MLPLAT_TEST_SUDO_" + uuid.uuid4().hex[:6].upper()
+    monkeypatch.setenv(var, password)
+    data = lab_pool.params.model_dump(exclude_none=True)
+    data["ssh"].update(user=user, sudo_password={"env": var})
+    try:
+        with HostPool(Params.model_validate(data), base_dir=lab_pool.base_dir) as pool:
+            step = HostStep(host=host, step="test | secret", why="x", files=[PlanFile(path, secret, secret=True)])
+            [r] = run_steps(pool, [step], apply=True, step="test | secret")
+            assert r.ok and r.changed, r.message
+        out = lab_pool.sh(f"cat {path}; echo @@; stat -c %a {path}; stat -c %a $(dirname {path}); echo @@; "
+                          f"ls -A /opt/{user}; echo @@; cat {log}", "check", hosts=[host])[0].data["stdout"]
+        content, modes, home, sudo_log = out.split("@@\n")
+        assert content == secret, content
+        assert modes.split() == ["600", "755"]
+        assert ".mlplat-upload" not in home, home
+        assert "COMMAND=" in sudo_log  # sudo did log what it ran
+        b64 = base64.b64encode(secret.encode()).decode()
+        assert "abcdef." not in sudo_log and b64[:40] not in sudo_log, sudo_log
+    finally:
+        lab_pool.sh(f"userdel -r {user} 2>/dev/null; rm -rf /etc/sudoers.d/{user} {log} /opt/{user} "
+                    f"$(dirname {path}); true", "cleanup", hosts=[host], check=False)
 
 
 def test_capture_stays_in_memory_and_failure_stops_the_host(lab_pool):

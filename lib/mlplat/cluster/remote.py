@@ -7,7 +7,6 @@ says what would change (with a diff) and touches nothing.
 
 from __future__ import annotations
 
-import base64
 import difflib
 import shlex
 import time
@@ -28,18 +27,6 @@ def _read(conn: HostConnection, path: str) -> str | None:
     if "__MLPLAT_ABSENT__" in r.stderr:
         return None
     return r.stdout
-
-
-def _write(conn: HostConnection, f: PlanFile) -> None:
-    path = shlex.quote(f.path)
-    tmp = shlex.quote(f.path + ".mlplat-tmp")
-    head = f"umask 077 && mkdir -p $(dirname {path}) && "
-    tail = f" && chmod {f.mode:o} {tmp} && mv -f {tmp} {path}"
-    try:
-        conn.sudo(head + f"cat > {tmp}" + tail, stdin=f.content, check=True, timeout=120)
-    except ValueError:  # sudo with a password reads it from stdin: send the content inline instead
-        b64 = base64.b64encode(f.content.encode()).decode()
-        conn.sudo(head + f"echo {b64} | base64 -d > {tmp}" + tail, check=True, timeout=120)
 
 
 def _diff(old: str | None, new: str, f: PlanFile) -> str:
@@ -84,7 +71,7 @@ def run_step(conn: HostConnection, s: HostStep, apply: bool, captured: dict | No
                           message="; ".join(what) or "nothing to do", diff="".join(diffs), data=data,
                           duration=time.monotonic() - t0)
     for f in to_write:
-        _write(conn, f)
+        conn.write_file(f.path, f.content, f.mode)
     out = ""
     for c in s.commands:
         r = conn.sudo(c, timeout=None)

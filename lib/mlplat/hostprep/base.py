@@ -20,15 +20,14 @@ a recorded one (``tests/hostprep/fakes.py``) fed with real command outputs.
 
 from __future__ import annotations
 
-import base64
 import difflib
-import posixpath
 import re
 import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Union
 
+from ..hosts.ssh import CommandFailed
 from ..params.schema import Host, Params
 from ..report import StepResult, failed, skipped
 
@@ -76,17 +75,6 @@ def read_command(path: str) -> str:
     return f"if [ -e {q} ]; then cat -- {q}; else exit {ABSENT_EXIT}; fi"
 
 
-def write_command(path: str, content: str, mode: int = 0o644) -> str:
-    """A shell command that writes `content` to `path` atomically (temp file + rename), creating its
-    folder. The content travels base64-encoded inside the command: no stdin, so it works through
-    sudo with a password too."""
-    q = shlex.quote(path)
-    d = shlex.quote(posixpath.dirname(path) or "/")
-    b64 = base64.b64encode(content.encode()).decode()
-    return (f"set -e; umask 022; mkdir -p {d}; t=$(mktemp {d}/.mlplat.XXXXXX); "
-            f"printf %s {b64} | base64 -d > \"$t\"; chmod {mode:o} \"$t\"; mv -f \"$t\" {q}")
-
-
 class SSHRemote:
     """A :class:`Remote` over an open :class:`mlplat.hosts.HostConnection` (sudo when not root)."""
 
@@ -109,9 +97,10 @@ class SSHRemote:
         return r.stdout
 
     def write(self, path: str, content: str, mode: int = 0o644) -> None:
-        r = self.conn.sudo(write_command(path, content, mode), timeout=self.timeout)
-        if r.exit != 0:
-            raise RemoteError(f"cannot write {path}: exit {r.exit}: {r.stderr.strip()[-300:]}")
+        try:
+            self.conn.write_file(path, content, mode, timeout=self.timeout)
+        except CommandFailed as e:
+            raise RemoteError(f"cannot write {path}: exit {e.result.exit}: {e.result.stderr.strip()[-300:]}") from None
 
 
 class RemoteError(RuntimeError):

@@ -325,6 +325,26 @@ class HostConnection:
 
         return self._execute(call, wrapped, command, timeout, check, None, keep_stdin=True)
 
+    def write_file(self, path: str, content: str, mode: int = 0o644, timeout: float | None = 120) -> None:
+        """Write `content` to `path` as root: a temp file beside it, then a rename. The content never
+        appears on a command line (sudo logs those, and ``ps`` shows them): it goes through stdin,
+        to sudo, or, where sudo reads a password from stdin, to a private (0600) temp file in the
+        user's home, which sudo then copies into place. Raises :class:`CommandFailed` when it cannot."""
+        q, tmp = shlex.quote(path), shlex.quote(path + ".mlplat-tmp")
+        # Folders as usual (0755: apt reads /etc/apt/keyrings as _apt); the temp file private.
+        head = f"(umask 022 && mkdir -p -- \"$(dirname -- {q})\") && umask 077 && "
+        tail = f" && chmod {mode:o} {tmp} && mv -f {tmp} {q}"
+        if self.user == "root" or self._sudo_password() is None:
+            self.sudo(head + f"cat > {tmp}" + tail, stdin=content, check=True, timeout=timeout)
+            return
+        # As the user (no sudo, so stdin is free): a private copy in the home folder.
+        staged = self.run("umask 077 && f=$(mktemp \"$HOME/.mlplat-upload.XXXXXX\") && cat > \"$f\" && echo \"$f\"",
+                          stdin=content, check=True, timeout=timeout).stdout.strip()
+        try:
+            self.sudo(head + f"cp -- {shlex.quote(staged)} {tmp}" + tail, check=True, timeout=timeout)
+        finally:
+            self.run(f"rm -f -- {shlex.quote(staged)}", timeout=timeout)
+
     def _execute(self, call, command: str, shown: str, timeout, check, stdin, keep_stdin=False) -> CommandResult:
         limit = timeout if timeout is not None else self.settings.command_timeout
         # Without input the command's stdin is at EOF (like ssh -n), so nothing waits on a prompt

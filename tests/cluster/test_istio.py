@@ -121,6 +121,24 @@ def test_flannel_network_follows_the_pod_cidr(site, shared):
     assert '"Network": "10.200.0.0/16"' in cm["data"]["net-conf.json"]
 
 
+def test_flannel_uses_the_nodes_announced_addresses(site, shared):
+    """flanneld is told each node IP (--iface=<ip>, first match wins), not left to the default
+    route's NIC; args that already choose an interface stay as they are."""
+    from mlplat.cluster.kubeadm import node_ip
+
+    def flannel_args(objs):
+        ds = next(o for o in objs if o["kind"] == "DaemonSet")
+        return next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "kube-flannel")["args"]
+
+    args = flannel_args(bundle.flannel(site))
+    want = [f"--iface={node_ip(h)}" for h in site.hosts]
+    assert len(want) == len(site.hosts) >= 2 and args[-len(want):] == want
+    assert args[:-len(want)] == flannel_args(bundle.load_manifests(bundle.flannel_file(site)))  # the rest as released
+    site.hosts[0].static_address = None
+    site.hosts[0].address = "gpu-1.example"  # no IP known for this host: it is left out, not guessed
+    assert "--iface=gpu-1.example" not in flannel_args(bundle.flannel(site))
+
+
 def test_missing_bundle_files_are_named(site, shared, tmp_path):
     site.versions.flannel = "0.99.0"
     with pytest.raises(bundle.BundleMissing, match=r"kube-flannel-v0\.99\.0\.yml is not in the offline bundle"):

@@ -3,8 +3,10 @@ machine's own dpkg), node labels and the GPU verification, as plain functions.""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -33,9 +35,18 @@ def test_golden_package_plans(site):
     assert "dnf install -y kubelet-1.34.4 kubeadm-1.34.4 kubectl-1.34.4 --disableexcludes=kubernetes" in rhel
     golden("packages-rocky9.txt", rhel)
     site.os.family, site.os.distro, site.os.version = "debian", "ubuntu", "24.04"
-    deb = plan_text([pk.install_step(site, site.hosts[0]), pk.remove_step(site, site.hosts[0])])
+    steps = pk.install_steps(site, site.hosts[0])
+    deb = plan_text(steps + [pk.remove_step(site, site.hosts[0])])
     assert "'kubeadm=1.34.4-*'" in deb and "apt-mark hold kubelet kubeadm kubectl" in deb
     golden("packages-ubuntu2404.txt", deb)
+    # The keyring the list file names exists before the list does: with a signed-by keyring missing,
+    # apt-get update fails (NO_PUBKEY), so no update may run between writing the list and the key.
+    key, install = steps
+    assert [f.path for f in key.files] == [] and pk.APT_LIST in [f.path for f in install.files]
+    assert any(pk.APT_KEYRING in c and "gpg --dearmor" in c for c in key.commands)
+    assert not any(c.startswith("apt-get update") for c in key.commands)  # only when curl or gpg is missing
+    assert install.commands[0] == "apt-get update -q" and key.probe == f"test -s {pk.APT_KEYRING}"
+    assert len(pk.install_steps(load_params(SITE), site.hosts[0])) == 1  # RHEL: dnf reads the key itself
     site.os.family, site.os.distro, site.os.version = "rhel", "centos", "7"
     assert "yum install -y kubelet-1.34.4" in plan_text([pk.install_step(site, site.hosts[0])])
 
@@ -65,6 +76,23 @@ def test_probe_commands_run_for_real_here():
     listing = subprocess.run(["bash", "-c", pk.probe_command("debian")], capture_output=True, text=True)
     assert listing.returncode == 0
     assert all(line.split()[0] in pk.PACKAGES for line in listing.stdout.splitlines())
+
+
+def test_removal_probe_counts_only_installed_packages(site, tmp_path):
+    """A package removed but not purged (dpkg status config-files) is gone for the removal probe;
+    an installed one is not. Run with a dpkg-query stand-in that prints those states."""
+    site.os.family, site.os.distro, site.os.version = "debian", "ubuntu", "24.04"
+    probe = pk.remove_step(site, site.hosts[0]).probe
+    for f in (pk.APT_LIST, pk.APT_KEYRING):
+        if Path(f).exists():
+            pytest.skip(f"this machine has {f}, which the probe also looks for")
+    fake = tmp_path / "dpkg-query"
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    for status, want in (("config-files", 0), ("installed", 1)):
+        fake.write_text(f"#!/bin/sh\necho 'kubelet 1.34.4-1.1 {status}'\n")
+        fake.chmod(0o755)
+        got = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env)
+        assert got.returncode == want, (status, got.stdout, got.stderr)
 
 
 # -- nodes ------------------------------------------------------------------------------------------

@@ -265,6 +265,45 @@ def test_plugin_check_says_where_the_distribution_put_them():
     assert r.returncode == 0 and all(ln.split()[0] in ("missing", "elsewhere") for ln in r.stdout.splitlines())
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_plugins_in_the_rhel_folder_are_found_and_linked():
+    """Fedora/RHEL's containernetworking-plugins puts them in /usr/libexec/cni: the check finds them
+    there and the link command makes /opt/cni/bin whole. Run in a private mount namespace whose /opt,
+    /usr/libexec and /usr/lib/cni are empty tmpfs (nothing of the machine is touched)."""
+    tmpfs = " ".join(f"mount -t tmpfs none {d};" for d in ("/opt", "/usr/libexec") + (
+        ("/usr/lib/cni",) if Path("/usr/lib/cni").is_dir() else ()))
+    plugins = " ".join(cni.PLUGINS)
+    body = (f"mount --make-rprivate /; {tmpfs} mkdir -p /usr/libexec/cni; "
+            f"for p in {plugins}; do printf '#!/bin/sh\\n' > /usr/libexec/cni/$p; chmod 755 /usr/libexec/cni/$p; done; "
+            f"{cni.plugin_check()}; echo @@; ")
+    first = subprocess.run(["unshare", "--mount", "sh", "-c", body], capture_output=True, text=True, timeout=60)
+    text = first.stdout.split("@@")[0]
+    assert first.returncode == 0 and cni.distro_dirs(text) == "/usr/libexec/cni", (first.stdout, first.stderr)
+    assert "the distribution's package put them in /usr/libexec/cni" in cni.plugin_problem(text)
+    link = cni.link_command(text)
+    assert link and "ln -sfn /usr/libexec/cni/bridge /opt/cni/bin/bridge" in link
+    again = subprocess.run(["unshare", "--mount", "sh", "-c", body + f"{link} && {cni.plugin_check()}"],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.split("@@")[1].strip() == "", (again.stdout, again.stderr)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_reset_probe_sees_only_the_cni_files_teardown_removes():
+    """Another tool's CNI config (podman's) is not a leftover of ours: teardown does not remove it,
+    so the probe must not count it, or it would never pass. flannel's and Istio's are. Run in a
+    private mount namespace with an empty tmpfs /etc."""
+    def paths(files: str) -> list[str]:
+        body = (f"mount --make-rprivate /; mount -t tmpfs none /etc; mkdir -p /etc/cni/net.d; "
+                f"for f in {files}; do echo '{{}}' > /etc/cni/net.d/$f; done; {inventory.host_probe()}")
+        r = subprocess.run(["unshare", "--mount", "sh", "-c", body], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return [x for x in inventory.parse_host_probe(r.stdout)["path"] if x.startswith("/etc/")]
+
+    assert paths("87-podman-bridge.conflist") == []
+    assert paths("87-podman-bridge.conflist 10-flannel.conflist ZZZ-istio-cni-kubeconfig") == [
+        "/etc/cni/net.d/10-flannel.conflist", "/etc/cni/net.d/ZZZ-istio-cni-kubeconfig"]
+
+
 def _netns_script(body: str) -> subprocess.CompletedProcess:
     """Run ``body`` in a fresh network namespace with a veth pair (10.20.0.11/24 and .12): routes
     can be added there, and no packet leaves it (IPv6 off, nothing beyond the pair)."""

@@ -146,3 +146,30 @@ def test_flannel_plan_checks_the_cni_plugins_not_yet_before_packages(real_params
     plugins = [r for r in _rows(p30, "cni") if r.step == "cni | plugins"]
     assert sorted(r.host for r in plugins if not r.ok) == sorted(h.name for h in lab_pool.hosts)
     assert all("containernetworking-plugins" in r.message for r in plugins), [r.message for r in plugins]
+
+
+def test_init_stopped_halfway_is_not_reused(real_params, lab_pool, monkeypatch):
+    """kubeadm writes admin.conf before it waits for the control plane, so an init that failed at that
+    wait leaves it behind. A rerun must not take that host for a running control plane: the init row
+    fails, naming the host and the way out (here admin.conf names an API server nobody serves)."""
+    from mlplat.cluster import kubeadm
+    from mlplat.params import load_params
+
+    monkeypatch.setattr(p30, "REUSE_PAUSE", 0.2)
+    cp = kubeadm.first_control_plane(load_params(real_params)).name
+    conf = ("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+            "users: [{name: u, user: {}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+            "current-context: x\n")
+    made = lab_pool.sh(f"test -e /etc/kubernetes && echo existed; mkdir -p /etc/kubernetes && "
+                       f"printf '%s' {_q(conf)} > {kubeadm.ADMIN_CONF}", step="half init", hosts=[cp])
+    assert made[0].ok and "existed" not in made[0].data["stdout"], "the lab host had /etc/kubernetes already"
+    try:
+        p30.setup(params_file=str(real_params), mode="apply")
+        p30.packages()  # the stand-in kubectl, which answers only `version --client`
+        p30.init()
+        [row] = [r for r in _rows(p30, "init") if r.host == cp]
+        assert not row.ok and not row.changed, row.message
+        assert row.message.startswith(f"{kubeadm.ADMIN_CONF} exists on {cp} but its API server does not answer")
+        assert "99_teardown" in row.message and "kubeadm init that stopped halfway" in row.message
+    finally:
+        lab_pool.sh("rm -rf /etc/kubernetes", step="cleanup", hosts=[cp], check=False)

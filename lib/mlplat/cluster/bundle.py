@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..kube.manifests import kustomize, load_manifests
 from ..params.schema import Params
+from .kubeadm import node_ip
 
 BUNDLE_ENV = "MLPLAT_BUNDLE"
 SHARED_ENV = "MLPLAT_SHARED"
@@ -91,14 +92,25 @@ def device_plugin_file(params: Params) -> Path:
 
 def flannel(params: Params) -> list[dict]:
     """flannel's manifest with ``net-conf.json`` Network set to ``kubernetes.pod_cidr`` (flannel
-    must hand out addresses from the range kubeadm gave the nodes)."""
+    must hand out addresses from the range kubeadm gave the nodes), and ``--iface=<node IP>`` for
+    each host: without it flannel takes the default route's interface, which on servers with several
+    NICs is not always the network the nodes announce (the kubelet's node IP). Each flanneld uses the
+    first of those addresses that is its own. Args that already choose an interface are kept as they are."""
     objs = load_manifests(flannel_file(params))
+    ips = list(dict.fromkeys(ip for ip in (node_ip(h) for h in params.hosts) if ip))
     for o in objs:
         if o.get("kind") == "ConfigMap" and "net-conf.json" in (o.get("data") or {}):
             conf = json.loads(o["data"]["net-conf.json"])
             if conf.get("Network") != params.kubernetes.pod_cidr:
                 conf["Network"] = params.kubernetes.pod_cidr
                 o["data"]["net-conf.json"] = json.dumps(conf, indent=2) + "\n"
+        if o.get("kind") == "DaemonSet":
+            for c in o["spec"]["template"]["spec"].get("containers") or []:
+                args = c.get("args")
+                if args is None or "--kube-subnet-mgr" not in args:
+                    continue
+                if not any(a.startswith(("--iface", "--public-ip")) for a in args):
+                    c["args"] = args + [f"--iface={ip}" for ip in ips]
     return objs
 
 

@@ -36,8 +36,9 @@ BRIDGE = "cni0"
 CONF_DIR = "/etc/cni/net.d"
 CONFLIST = f"{CONF_DIR}/10-{NETWORK}.conflist"
 BIN_DIR = "/opt/cni/bin"
-# Where the distributions' package puts the same plugins (Debian/Ubuntu containernetworking-plugins).
-DISTRO_BIN_DIR = "/usr/lib/cni"
+# Where the distributions' packages put the same plugins: containernetworking-plugins installs them
+# in /usr/lib/cni on Debian/Ubuntu and in /usr/libexec/cni on Fedora/RHEL.
+DISTRO_BIN_DIRS = ("/usr/lib/cni", "/usr/libexec/cni")
 PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 IPAM_DIR = f"/var/lib/cni/networks/{NETWORK}"
 # 0.4.0 is understood by every plugin release since 0.8 and by containerd 1.6/1.7/2.x's libcni.
@@ -132,34 +133,49 @@ def host_step(params: Params, host: Host, own: str, routes: list[tuple[str, str]
 
 def plugin_check() -> str:
     """Read-only: ``missing <plugin>`` for each plugin absent from :data:`BIN_DIR`, and
-    ``elsewhere <path>`` when the distribution's package put it in :data:`DISTRO_BIN_DIR`."""
+    ``elsewhere <path>`` when a distribution's package put it in one of :data:`DISTRO_BIN_DIRS`."""
     return (f"for p in {' '.join(PLUGINS)}; do [ -x {BIN_DIR}/$p ] && continue; echo \"missing $p\"; "
-            f"[ -x {DISTRO_BIN_DIR}/$p ] && echo \"elsewhere {DISTRO_BIN_DIR}/$p\"; done; true")
+            f"for d in {' '.join(DISTRO_BIN_DIRS)}; do [ -x $d/$p ] && {{ echo \"elsewhere $d/$p\"; break; }}; "
+            "done; done; true")
+
+
+def _missing(text: str) -> list[str]:
+    return [ln.split()[1] for ln in text.splitlines() if ln.startswith("missing ")]
+
+
+def _elsewhere(text: str) -> dict[str, str]:
+    """plugin name -> the distribution's copy, from a :func:`plugin_check` output."""
+    paths = [ln.split()[1] for ln in text.splitlines() if ln.startswith("elsewhere ")]
+    return {Path(x).name: x for x in paths}
+
+
+def distro_dirs(text: str) -> str:
+    """The distribution folder(s) a :func:`plugin_check` output found plugins in."""
+    return ", ".join(sorted({str(Path(x).parent) for x in _elsewhere(text).values()}))
 
 
 def plugin_problem(text: str) -> str | None:
     """The failure message for a :func:`plugin_check` output, or None when every plugin is there."""
-    missing = [ln.split()[1] for ln in text.splitlines() if ln.startswith("missing ")]
+    missing = _missing(text)
     if not missing:
         return None
-    elsewhere = [ln.split()[1] for ln in text.splitlines() if ln.startswith("elsewhere ")]
     msg = f"CNI plugins missing in {BIN_DIR}: {', '.join(missing)}"
-    if elsewhere:
-        msg += (f" (the distribution's package put them in {DISTRO_BIN_DIR}: link or copy them to {BIN_DIR}, "
-                f"or set containerd's CRI cni bin_dir to {DISTRO_BIN_DIR})")
+    if _elsewhere(text):
+        where = distro_dirs(text)
+        msg += (f" (the distribution's package put them in {where}: link or copy them to {BIN_DIR}, "
+                f"or set containerd's CRI cni bin_dir to {where})")
     else:
         msg += " (install the containernetworking-plugins or kubernetes-cni package)"
     return msg
 
 
 def link_command(text: str) -> str | None:
-    """When every missing plugin is in :data:`DISTRO_BIN_DIR` (Debian's containernetworking-plugins),
-    the command that links them into :data:`BIN_DIR`, where containerd and kubeadm-era CNIs look."""
-    missing = [ln.split()[1] for ln in text.splitlines() if ln.startswith("missing ")]
-    found = {Path(ln.split()[1]).name for ln in text.splitlines() if ln.startswith("elsewhere ")}
-    if not missing or set(missing) - found:
+    """When every missing plugin is in a distribution folder (:data:`DISTRO_BIN_DIRS`), the command
+    that links them into :data:`BIN_DIR`, where containerd and kubeadm-era CNIs look."""
+    missing, found = _missing(text), _elsewhere(text)
+    if not missing or set(missing) - set(found):
         return None
-    return f"mkdir -p {BIN_DIR} && " + " && ".join(f"ln -sfn {DISTRO_BIN_DIR}/{p} {BIN_DIR}/{p}" for p in missing)
+    return f"mkdir -p {BIN_DIR} && " + " && ".join(f"ln -sfn {found[p]} {BIN_DIR}/{p}" for p in missing)
 
 
 def reset_commands(pod_cidr: str) -> list[str]:

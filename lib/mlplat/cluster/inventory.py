@@ -213,15 +213,17 @@ def host_probe(pod_cidr: str | None = None) -> str:
     """Read-only: what of a kubeadm node is on this host, one line per finding (``path``, ``link``,
     ``route``, ``iptables``; ``binary kubeadm`` is information only: packages are another step's).
     With ``pod_cidr``, gateway routes inside it (host-gw routes of the bridge CNI or flannel)."""
-    paths = " ".join(KUBEADM_LEFTOVERS + ("/var/lib/kubelet/config.yaml", "/var/lib/etcd", "/etc/cni/net.d",
-                                          *FLANNEL_STATE[1:], cni.IPAM_DIR))
+    # Only the CNI files teardown removes: another tool's (podman's 87-podman*.conflist) are not ours
+    # and would keep the probe from ever passing.
+    paths = " ".join(KUBEADM_LEFTOVERS + ("/var/lib/kubelet/config.yaml", "/var/lib/etcd", cni.CONFLIST,
+                                          *FLANNEL_STATE, cni.IPAM_DIR))
     lines = [
         f"for f in {paths}; do",
         '  if [ -e "$f" ]; then',
         '    if [ -d "$f" ]; then [ -n "$(ls -A "$f" 2>/dev/null)" ] && echo "path $f"; else echo "path $f"; fi',
         "  fi",
         "done",
-        "for f in /etc/kubernetes/manifests/*.yaml /etc/mlplat/kubeadm-*.yaml; do",
+        "for f in /etc/kubernetes/manifests/*.yaml /etc/mlplat/kubeadm-*.yaml /etc/cni/net.d/*istio*; do",
         '  [ -e "$f" ] && echo "path $f"',
         "done",
         "command -v kubeadm >/dev/null 2>&1 && echo \"binary kubeadm\"",
@@ -269,6 +271,11 @@ def reset_commands(cni_iptables: bool = True, pod_cidr: str | None = None) -> li
     ]
     if pod_cidr:
         cmds += cni.reset_commands(pod_cidr)
+    if cni_iptables:
+        # kube-proxy's IPVS services, only where kube-proxy ran in IPVS mode (its kube-ipvs0 link is
+        # there): `ipvsadm --clear` drops every virtual server, a site's own (keepalived) too.
+        cmds.append("if ip link show kube-ipvs0 >/dev/null 2>&1 && command -v ipvsadm >/dev/null 2>&1; then "
+                    "ipvsadm --clear; fi")
     cmds += [
         "for l in cni0 flannel.1 kube-ipvs0; do ip link show $l >/dev/null 2>&1 && ip link delete $l; done; true",
         # Empty directories go too; one a package owns keeps its placeholder and stays.
@@ -279,7 +286,6 @@ def reset_commands(cni_iptables: bool = True, pod_cidr: str | None = None) -> li
             cmds.append(
                 f"if command -v {tool}-save >/dev/null 2>&1; then {tool}-save | grep -v -E 'KUBE-|FLANNEL|CNI-' "
                 f"| {tool}-restore; fi")
-        cmds.append("if command -v ipvsadm >/dev/null 2>&1; then ipvsadm --clear; fi")
     return cmds
 
 

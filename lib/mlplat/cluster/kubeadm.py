@@ -60,6 +60,7 @@ INIT_CONFIG = f"{CONFIG_DIR}/kubeadm-init.yaml"
 JOIN_CONFIG = f"{CONFIG_DIR}/kubeadm-join.yaml"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+ETCD_MANIFEST = "/etc/kubernetes/manifests/etcd.yaml"
 CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 API_PORT = 6443
 DEFAULT_REGISTRY = "registry.k8s.io"
@@ -243,6 +244,9 @@ def render_init(params: Params, api_version: str | None = None) -> list[dict]:
     ip = node_ip(cp)
     init["localAPIEndpoint"] = {**({"advertiseAddress": ip} if ip else {}), "bindPort": API_PORT}
     init["nodeRegistration"] = _node_registration(av, cp, params)
+    # init makes a bootstrap token whatever it is told; by default it lives 24 h. Nothing uses it
+    # (the joins get their own, deleted afterwards), so it expires as soon as theirs would.
+    init["bootstrapTokens"] = [{"description": "kubeadm init's token (mlplat joins with its own)", "ttl": TOKEN_TTL}]
     endpoint = control_plane_endpoint(params)
     cluster: dict[str, Any] = {
         "apiVersion": av, "kind": "ClusterConfiguration",
@@ -616,7 +620,8 @@ def kubeadm_version(kubeadm: str | Path) -> str:
     return p.stdout.strip()
 
 
-EXISTING_CONFIG_COMMAND = (f"kubectl --kubeconfig {ADMIN_CONF} -n kube-system get configmap kubeadm-config "
+EXISTING_CONFIG_COMMAND = (f"kubectl --kubeconfig {ADMIN_CONF} --request-timeout=15s -n kube-system "
+                           "get configmap kubeadm-config "
                            "-o jsonpath='{.data.ClusterConfiguration}'")
 
 
@@ -851,8 +856,11 @@ def join_plan(params: Params, join: JoinInfo | None = None, certificate_key: str
         steps.append(HostStep(
             host=h.name, step="kubeadm | join",
             why=f"join as {'a control plane' if cp else 'a worker'} with the fresh token",
-            probe=f"test -f {KUBELET_CONF}",
-            probe_means=f"{KUBELET_CONF} exists: the host already belongs to a cluster",
+            # A control plane's join writes kubelet.conf (TLS bootstrap) before it adds the etcd
+            # member: one that stopped there is not done, and its rerun says so (kubeadm refuses).
+            probe=f"test -f {KUBELET_CONF}" + (f" && test -f {ETCD_MANIFEST}" if cp else ""),
+            probe_means=(f"{KUBELET_CONF} and {ETCD_MANIFEST} exist: the host already is a control plane" if cp
+                         else f"{KUBELET_CONF} exists: the host already belongs to a cluster"),
             files=[PlanFile(JOIN_CONFIG, dump_docs(docs), secret=not join.placeholder)],
             commands=[f"kubeadm join --config {JOIN_CONFIG}", f"rm -f {JOIN_CONFIG}"]))
     return steps

@@ -34,6 +34,7 @@ UPSTREAM = "https://pkgs.k8s.io"
 PACKAGES = ("kubelet", "kubeadm", "kubectl")
 APT_KEYRING = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
 APT_LIST = "/etc/apt/sources.list.d/kubernetes.list"
+STEP = "packages | kubeadm kubelet kubectl"
 YUM_REPO = "/etc/yum.repos.d/kubernetes.repo"
 
 
@@ -85,15 +86,19 @@ def yum_repo(params: Params) -> str:
             "exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n")
 
 
+def _query(fam: str) -> str:
+    """The installed packages, one ``name version status`` line each (absent ones print nothing)."""
+    if fam == "debian":
+        return ("dpkg-query -W -f='${Package} ${Version} ${db:Status-Status}\\n' " + " ".join(PACKAGES)
+                + " 2>/dev/null")
+    return ("rpm -q --qf '%{NAME} %{VERSION}-%{RELEASE} installed\\n' " + " ".join(PACKAGES)
+            + " 2>/dev/null | grep -v 'not installed'")
+
+
 def probe_command(fam: str, version: str | None = None) -> str:
     """Read-only: print the installed version of each package (absent ones print nothing); with
     ``version``, exit 1 unless every package is installed at that upstream version."""
-    if fam == "debian":
-        q = ("dpkg-query -W -f='${Package} ${Version} ${db:Status-Status}\\n' " + " ".join(PACKAGES)
-             + " 2>/dev/null")
-    else:
-        q = ("rpm -q --qf '%{NAME} %{VERSION}-%{RELEASE} installed\\n' " + " ".join(PACKAGES)
-             + " 2>/dev/null | grep -v 'not installed'")
+    q = _query(fam)
     if version is None:
         return q + "; true"
     v = re.escape(version.lstrip("vV"))
@@ -138,20 +143,37 @@ def missing(params: Params, installed: dict[str, Installed]) -> list[str]:
     return out
 
 
+def install_steps(params: Params, host: Host, facts: dict | None = None) -> list[HostStep]:
+    """What phase 30's packages step runs on one host, in order: on Debian/Ubuntu the repository's
+    signing key first (:func:`key_step`), then :func:`install_step`."""
+    first = [] if lab_binaries(params) or family(params, facts) != "debian" else [key_step(params, host)]
+    return first + [install_step(params, host, facts)]
+
+
+def key_step(params: Params, host: Host) -> HostStep:
+    """Debian/Ubuntu: the repository's signing key, fetched before its list file exists (with a
+    ``signed-by`` list whose keyring is missing, ``apt-get update`` fails: NO_PUBKEY, exit 100).
+    ``apt-get update`` runs here only when curl or gpg must be installed first."""
+    key_url = repo_url(params, "deb") + "Release.key"
+    return HostStep(
+        host=host.name, step="packages | repository key", why=f"the signing key of {repo_url(params, 'deb')}",
+        probe=f"test -s {APT_KEYRING}", probe_means=f"{APT_KEYRING} present",
+        commands=["if ! command -v curl >/dev/null || ! command -v gpg >/dev/null; then apt-get update -q && "
+                  "DEBIAN_FRONTEND=noninteractive apt-get install -y -q apt-transport-https ca-certificates curl gpg; "
+                  "fi",
+                  "install -d -m 0755 /etc/apt/keyrings",
+                  f"curl -fsSL --max-time 60 {key_url} | gpg --dearmor --yes -o {APT_KEYRING}"])
+
+
 def install_step(params: Params, host: Host, facts: dict | None = None) -> HostStep:
-    """Repository file(s), pinned install and hold for one host (on the real-node lab: the copy of
-    the lab-built binaries, :func:`lab_install_step`)."""
+    """Repository file, pinned install and hold for one host (Debian/Ubuntu: after :func:`key_step`;
+    on the real-node lab: the copy of the lab-built binaries, :func:`lab_install_step`)."""
     if lab_binaries(params):
         return lab_install_step(params, host, facts)
     fam = family(params, facts)
     want = params.versions.kubernetes.lstrip("vV")
     if fam == "debian":
-        key_url = repo_url(params, "deb") + "Release.key"
         cmds = [
-            "apt-get update -q",
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q apt-transport-https ca-certificates curl gpg",
-            "install -d -m 0755 /etc/apt/keyrings",
-            f"curl -fsSL --max-time 60 {key_url} | gpg --dearmor --yes -o {APT_KEYRING}",
             "apt-get update -q",
             "apt-mark unhold " + " ".join(PACKAGES) + " >/dev/null 2>&1 || true",
             "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
@@ -167,7 +189,7 @@ def install_step(params: Params, host: Host, facts: dict | None = None) -> HostS
         files = [PlanFile(YUM_REPO, yum_repo(params), mode=0o644)]
     cmds.append("if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl enable kubelet; "
                 "else echo 'no systemd: kubelet not enabled (start it by other means)'; fi")
-    return HostStep(host=host.name, step="packages | kubeadm kubelet kubectl",
+    return HostStep(host=host.name, step=STEP,
                     why=f"Kubernetes {want} packages from {repo_url(params, 'deb' if fam == 'debian' else 'rpm')}, held",
                     probe=probe_command(fam, want), probe_means=f"kubelet, kubeadm and kubectl {want} installed",
                     files=files, commands=cmds, files_when_converged=True)
@@ -188,7 +210,8 @@ def remove_step(params: Params, host: Host, facts: dict | None = None) -> HostSt
         tool = "yum" if legacy_yum(params, facts) else "dnf"
         cmds = [f"{tool} remove -y " + " ".join(PACKAGES) + " kubernetes-cni cri-tools || true", f"rm -f {YUM_REPO}"]
         leftovers = YUM_REPO
-    probe = (f"out=$({probe_command(fam)} | grep ' installed$'); echo \"$out\"; [ -z \"$out\" ] || exit 1; "
+    # A package removed but not purged (status config-files) is no longer installed.
+    probe = (f"out=$({{ {_query(fam)}; }} | grep ' installed$'); echo \"$out\"; [ -z \"$out\" ] || exit 1; "
              f"for f in {leftovers}; do [ -e $f ] && exit 1; done; exit 0")
     return HostStep(host=host.name, step="packages | remove", why="remove the Kubernetes packages and their repository",
                     probe=probe, probe_means="no Kubernetes package or repository file on the host", commands=cmds)
@@ -329,7 +352,7 @@ def lab_install_step(params: Params, host: Host, facts: dict | None = None, dest
     cmds.append("if command -v systemctl >/dev/null 2>&1; then systemctl daemon-reload && systemctl enable kubelet "
                 "|| echo 'systemctl could not enable kubelet: start it by other means'; "
                 "else echo 'no systemctl: kubelet not enabled (start it by other means)'; fi")
-    return HostStep(host=host.name, step="packages | kubeadm kubelet kubectl",
+    return HostStep(host=host.name, step=STEP,
                     why=f"lab: no package repository; the lab-built {want} binaries from {src}",
                     probe=lab_probe_command(src, dest),
                     probe_means=f"lab: no package repository; the lab-built {want} kubeadm, kubelet and kubectl in "

@@ -2,7 +2,8 @@
 
 Steps (one notebook cell each):
 
-1. ``packages``: the per-minor pkgs.k8s.io repository (or ``mirrors.kubernetes``) and pinned,
+1. ``packages``: the per-minor pkgs.k8s.io repository (or ``mirrors.kubernetes``; on Debian/Ubuntu
+   its signing key first, then the list file that names it) and pinned,
    held kubelet/kubeadm/kubectl on every host (on the real-node lab, which reaches no repository:
    the lab-built binaries copied from ``lab.binaries_dir`` with the kubelet's unit files);
 2. ``config``: the kubeadm config (v1beta4 for 1.31+, v1beta3 before) rendered from the params,
@@ -13,7 +14,8 @@ Steps (one notebook cell each):
    host joined, the token deleted;
 5. ``kubeconfig``: the admin kubeconfig fetched to ``~/.kube/mlplat-<site>.conf`` and the API
    server's answer checked;
-6. ``cni``: flannel from the offline bundle, its network set to ``kubernetes.pod_cidr``; or
+6. ``cni``: flannel from the offline bundle, its network set to ``kubernetes.pod_cidr`` and each
+   node's announced address as its interface (``--iface``); or
    (``kubernetes.cni: bridge``) the CNI bridge plugin on every host with host-gw routes;
 7. ``device_plugin``: NVIDIA's device plugin DaemonSet from the offline bundle (skipped when no host has GPUs);
 8. ``labels``: node labels (worker role, ``nvidia.com/gpu.present``, GPU model);
@@ -51,6 +53,9 @@ from . import common
 NUMBER, NAME = "30", "kubernetes"
 KUBEADM_ENV = "MLPLAT_KUBEADM"
 ALL = "(cluster)"
+# A control plane that is there already is read back (its kubeadm-config) before it is reused; an
+# API server that restarts answers within these tries.
+REUSE_READS, REUSE_PAUSE = 4, 5.0
 
 
 def setup(params_file: str = "", mode: str = "plan", run_dir: str = "", confirm: bool = False,
@@ -105,16 +110,16 @@ def _existing_skip(ctx, step: str) -> list[StepResult] | None:
 def packages() -> Table:
     """Kubernetes package repository and pinned kubelet, kubeadm, kubectl on every host."""
     ctx = _ctx()
-    step = "packages | kubeadm kubelet kubectl"
+    step = pk.STEP
     rows = _existing_skip(ctx, step)
     if rows is None:
-        steps = [pk.install_step(ctx.params, h) for h in ctx.params.hosts]
+        steps = [s for h in ctx.params.hosts for s in pk.install_steps(ctx.params, h)]
         rows = run_steps(_pool(ctx), steps, ctx.apply, step)
         lab = pk.lab_binaries(ctx.params)
         for r in rows:
             if lab:
                 _lab_packages_message(ctx, r, lab)
-            elif r.ok and "probe" in r.data and not r.message.startswith("unchanged"):
+            elif r.step == step and r.ok and "probe" in r.data and not r.message.startswith("unchanged"):
                 miss = pk.missing(ctx.params, pk.parse_probe(r.data["probe"]))
                 if miss:
                     r.message = f"{'needed' if ctx.apply else 'needs'} {', '.join(miss)}; " + r.message
@@ -319,9 +324,20 @@ def init() -> Table:
 
 def _check_reused(ctx, r: StepResult) -> None:
     """A control plane already runs: reuse it only if it is the cluster the params describe."""
-    got = _pool(ctx).connection(r.host).sudo(kubeadm.EXISTING_CONFIG_COMMAND, timeout=60)
+    conn = _pool(ctx).connection(r.host)
+    for attempt in range(REUSE_READS):
+        got = conn.sudo(kubeadm.EXISTING_CONFIG_COMMAND, timeout=60)
+        if got.ok:
+            break
+        if attempt + 1 < REUSE_READS:
+            time.sleep(REUSE_PAUSE)
     if not got.ok:
-        r.message += f"; could not read its kubeadm-config ({got.summary()})"
+        # kubeadm writes admin.conf before it waits for the control plane: an init that failed at
+        # that wait (cgroup driver, pause image, firewall) leaves admin.conf behind. Not reusable.
+        r.ok, r.changed = False, False
+        r.message = (f"{kubeadm.ADMIN_CONF} exists on {r.host} but its API server does not answer "
+                     f"({got.summary()}): a kubeadm init that stopped halfway? Run 99_teardown (kubeadm "
+                     f"reset) on {r.host}, then apply again")
         return
     diffs = kubeadm.compare_existing(got.stdout, ctx.params)
     if diffs:
@@ -360,15 +376,25 @@ def join() -> Table:
                         info = None
                     if info:
                         register_secret(info.token)
-                        key = kubeadm.parse_certificate_key(captured["certificate_key"]) \
-                            if "certificate_key" in captured else None
+                        key = None
+                        try:
+                            key = kubeadm.parse_certificate_key(captured["certificate_key"]) \
+                                if "certificate_key" in captured else None
+                        except kubeadm.JoinParseError as e:
+                            rows.append(failed(kubeadm.first_control_plane(p).name, step, str(e)))
                         if key:
                             register_secret(key)
                         plan = [s for s in kubeadm.join_plan(p, info, key) if s.host in todo]
                         # Control planes join one at a time (each adds an etcd member; kubeadm's
-                        # docs join them sequentially), then the workers all at once.
+                        # docs join them sequentially), then the workers all at once. Without the
+                        # certificate key they cannot fetch the cluster's CA keys: not run.
                         cps = [s for s in plan if ROLE_CONTROL_PLANE in p.host(s.host).roles]
                         for s_ in cps:
+                            if not key:
+                                rows.append(failed(s_.host, step, "not joined: no certificate key (kubeadm init "
+                                                   "phase upload-certs failed on "
+                                                   f"{kubeadm.first_control_plane(p).name}, see the token rows)"))
+                                continue
                             rows += run_steps(pool, [s_], True, step)
                         rows += run_steps(pool, [s_ for s_ in plan if s_ not in cps], True, step)
                         rows += run_steps(pool, kubeadm.token_cleanup(p, info), True, "kubeadm | token")
@@ -528,14 +554,14 @@ def _cni_plugins(ctx, pool) -> tuple[list[StepResult], list[str]]:
             if done.ok:
                 usable.append(r.host)
                 rows.append(StepResult(host=r.host, step="cni | plugins", changed=True, message=(
-                    f"linked the distribution's plugins ({bridge.DISTRO_BIN_DIR}) into {bridge.BIN_DIR}, where "
+                    f"linked the distribution's plugins ({bridge.distro_dirs(text)}) into {bridge.BIN_DIR}, where "
                     f"containerd looks: {', '.join(bridge.PLUGINS)}")))
                 continue
             problem += f"; linking them failed: {done.summary()}"
         elif link:
             usable.append(r.host)
             rows.append(StepResult(host=r.host, step="cni | plugins", changed=True, message=(
-                f"would link the distribution's plugins ({bridge.DISTRO_BIN_DIR}) into {bridge.BIN_DIR}")))
+                f"would link the distribution's plugins ({bridge.distro_dirs(text)}) into {bridge.BIN_DIR}")))
             continue
         if problem:
             rows.append(failed(r.host, "cni | plugins", problem))

@@ -1,5 +1,6 @@
 """Helpers for the Kubernetes integration tests: the offline bundle's
-manifests, and restarting only the lab's kube-apiserver.
+manifests, restarting only the lab's kube-apiserver, and waiting for a just-written (or deleted)
+admission webhook to take effect.
 
 ``mlplat.lab.cluster`` has no call that restarts one component (kwokctl v0.8.0 can only stop or
 start the whole cluster), so :func:`restart_apiserver` does it from kwokctl's own records: the
@@ -104,6 +105,68 @@ def restart_apiserver(info, down_for: float = 0.5) -> int:
     stop_apiserver(info.cluster_dir)
     time.sleep(down_for)
     return start_apiserver(info)
+
+
+def _webhook_names(hook) -> list[str]:
+    if isinstance(hook, str):
+        return [hook]
+    names = []
+    for w in hook.get("webhooks") or []:
+        if w.get("sideEffects") not in ("None", "NoneOnDryRun"):
+            # the API server refuses dry-run requests that would call such a webhook instead of calling it
+            raise ValueError(f"webhook {w.get('name')!r} has sideEffects {w.get('sideEffects')!r}: dry-run "
+                             f"requests do not call it, so they cannot tell whether it is active")
+        names.append(w["name"])
+    if not names:
+        raise ValueError(f"no webhooks in {hook.get('metadata', {}).get('name')!r}")
+    return names
+
+
+def wait_webhook_active(kube, namespace: str, hook, active: bool = True, timeout: float = 30,
+                        interval: float = 0.1, expect: str = "") -> tuple[str, float]:
+    """Wait until the API server applies (``active``) or no longer applies (``not active``) the
+    validating webhook(s) of ``hook`` (a ValidatingWebhookConfiguration dict, or one webhook's name)
+    to ConfigMap creates in ``namespace``.
+
+    kube-apiserver learns of a webhook configuration through its informer a moment after the write
+    (and stops calling it a moment after the delete), so a test that registers one and at once
+    expects a request to be refused (or deletes it and expects success) can race it. This repeats a
+    dry-run ConfigMap create (``dryRun=All``: nothing is stored; webhooks declaring sideEffects
+    None/NoneOnDryRun are still called) every ``interval`` s until it is refused by one of these
+    webhooks (a call failure, ``failed calling webhook "<name>"``, or its denial; with ``expect``,
+    the message must also contain that text), or, for ``active=False``, until it succeeds. Any other
+    outcome (an error from something else) keeps it waiting. ``kube`` is a :class:`mlplat.kube.Kube`
+    or a ``kubernetes`` ApiClient. Returns (the refusal's message, or "" when inactive; seconds the
+    deciding request took); raises AssertionError after ``timeout`` s, naming the last outcome."""
+    from mlplat.kube import KubeError
+    from mlplat.kube.client import Kube
+
+    if not isinstance(kube, Kube):
+        kube = Kube(kube)
+    names = _webhook_names(hook)
+    marks = [f'failed calling webhook "{n}"' for n in names] + [f'admission webhook "{n}" denied' for n in names]
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "webhook-probe-"}}
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while True:
+        t0 = time.monotonic()
+        try:
+            kube.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", query={"dryRun": "All"}, body=body)
+        except KubeError as e:
+            took = time.monotonic() - t0
+            last = f"refused: {e}"
+            if active and any(m in e.message for m in marks) and expect in e.message:
+                return e.message, took
+        else:
+            took = time.monotonic() - t0
+            last = "allowed"
+            if not active:
+                return "", took
+        if time.monotonic() >= deadline:
+            state = "applied" if active else "no longer applied"
+            raise AssertionError(f"webhook {', '.join(names)} not {state} to ConfigMap creates in {namespace} "
+                                 f"within {timeout:g} s; last dry-run create: {last}")
+        time.sleep(interval)
 
 
 def lab_nodes(suffix: str) -> list[dict]:

@@ -13,6 +13,7 @@ import uuid
 import papermill
 import pytest
 
+from lab_support import wait_webhook_active
 from mlplat.kube import KubeError, apply, wait_for
 from mlplat.phases import troubleshoot as phase
 from mlplat.report import hint_for
@@ -51,6 +52,7 @@ def _create_cm(kube, ns, name):
 def test_stale_webhook_is_found_and_removed_only_on_confirm(kube, params_file, test_ns):
     hook = _webhook(test_ns)
     assert apply(kube, [hook], progress=False)[0].ok
+    wait_webhook_active(kube, test_ns, hook)  # the API server applies it a moment after the write
     with pytest.raises(KubeError) as e:
         _create_cm(kube, test_ns, "before")
     assert "failed calling webhook" in e.value.message and 'service "missing-svc" not found' in e.value.message
@@ -83,6 +85,7 @@ def test_stale_webhook_is_found_and_removed_only_on_confirm(kube, params_file, t
     mine = acted.frame[acted.frame["message"].str.contains(f"stale-{test_ns}")]
     assert list(mine["status"]) == ["changed"]
     assert _snapshot(kube, refs)[refs[0][0], None, refs[0][3]] is None
+    wait_webhook_active(kube, test_ns, hook, active=False)  # ... and stops a moment after the delete
     assert _create_cm(kube, test_ns, "after")["metadata"]["name"] == "after"
     again = phase.stale_webhooks()
     assert f"stale-{test_ns}" not in " ".join(again.frame["object"])

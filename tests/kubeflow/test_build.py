@@ -167,7 +167,10 @@ def test_second_build_reads_the_cache(kf_source, kf_cache, built):
     res = kbuild.build(kf_source, kbuild.Options(components="default", istio_owner="kubeflow"), cache=kf_cache)
     took = time.monotonic() - t0
     print(f"\ncached default build: {took:.1f} s")
-    assert res.cached and took < 15
+    assert res.cached, "the second build of the same inputs must come from the cache"
+    # a cache hit reads files (a fresh build runs kustomize for minutes); 60 s is a hang bound that
+    # leaves room for a loaded 2-core machine
+    assert took < 60, f"cached default build took {took:.1f} s: not read from the cache?"
     assert res.yaml_text == built["default"].yaml_text
 
 

@@ -7,11 +7,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import socket
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+
+# lab_support (tests/kube): wait_webhook_active, shared with the kube tests
+if str(Path(__file__).resolve().parents[1] / "kube") not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "kube"))
+from lab_support import wait_webhook_active  # noqa: E402
 
 pytestmark = [pytest.mark.lab_cluster, pytest.mark.slow]
 
@@ -182,8 +189,6 @@ server.serve_forever()
 def test_webhook_backend_late_apply_retries_and_converges(kf_lab, kube, tmp_path):
     """A webhook (failurePolicy Fail) whose backend is not up: the first applies fail, the apply
     retries, and converges once the backend listens."""
-    import sys
-
     from mlplat.kube import Retry
     from mlplat.kubeflow import install
     from mlplat.lab import cluster
@@ -210,6 +215,9 @@ def test_webhook_backend_late_apply_retries_and_converges(kf_lab, kube, tmp_path
     kube.request("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", body=hook)
     backend = None
     try:
+        # The API server applies the webhook a moment after the write: wait until it refuses (its
+        # backend absent), so that the first round meets it for every object.
+        wait_webhook_active(kube, ns, hook, expect="connection refused")
         objs = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"cm-{i}", "namespace": ns},
                  "data": {"i": str(i)}} for i in range(4)]
         notes: list[str] = []
@@ -223,7 +231,13 @@ def test_webhook_backend_late_apply_retries_and_converges(kf_lab, kube, tmp_path
         t = threading.Thread(target=go)
         t0 = time.monotonic()
         t.start()
-        time.sleep(8)  # the first round gives up on every object; the next ones are under way
+        # Start the backend once the first round has given up (on every object: asserted below);
+        # the next rounds are then under way. apply_rounds notes "apply round 1: ..." at that point.
+        deadline = time.monotonic() + 90
+        while not any(n.startswith("apply round 1:") for n in list(notes)):
+            assert t.is_alive(), f"apply_rounds ended before a second round: {notes}"
+            assert time.monotonic() < deadline, f"the first apply round did not give up within 90 s: {notes}"
+            time.sleep(0.1)
         backend = cluster.netns_popen(kf_lab.state / "cluster", [sys.executable, tmp_path / "backend.py", port,
                                                                  tmp_path])
         deadline = time.monotonic() + 30
@@ -232,6 +246,7 @@ def test_webhook_backend_late_apply_retries_and_converges(kf_lab, kube, tmp_path
             time.sleep(0.1)
         up_at = time.monotonic() - t0
         t.join(timeout=150)
+        assert not t.is_alive(), f"apply_rounds still running after 150 s: {notes[-3:]}"
         took = time.monotonic() - t0
         results, summary = out["results"], out["summary"]
         print(f"\nbackend up after {up_at:.1f} s; converged in {took:.1f} s: {summary}; first note: {notes[:1]}")

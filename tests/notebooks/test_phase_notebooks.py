@@ -99,8 +99,8 @@ def _one_host_broken(lab, tmp_path, break_it, heal_it):
     for h in others:
         assert f">{h}<" in html
     assert f"{victim}" in r.stdout  # the console names it
-    # bounded by the connect timeout (plus notebook start-up), not a hang
-    assert took < 60 + 3 * connect_timeout, took
+    # bounded by the connect timeout (plus notebook start-up, slow on a loaded 2-core machine), not a hang
+    assert took < 135 + 3 * connect_timeout, f"preflight with a broken host took {took:.0f} s: a hang?"
     return took
 
 

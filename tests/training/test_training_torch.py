@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -99,18 +100,57 @@ def test_world_size_too_large_fails_clearly(script):
     assert took < 60
 
 
+# Runs a workload script after importing torch and saying so on stdout: the import is the slow part
+# of a start (seconds on a busy machine); what follows it reaches the rendezvous at once.
+AFTER_TORCH_IMPORT = ("import runpy, sys, torch, torch.distributed; print('test: torch imported', flush=True); "
+                      "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
 def test_second_rank_waits_for_a_third_that_never_comes():
-    """WORLD_SIZE=3, ranks 0 and 1 start: both end with the rendezvous error."""
+    """WORLD_SIZE=3, ranks 0 and 1 start: both end with the rendezvous error, and rank 0 (the
+    store) counts rank 1 in. Rank 1 starts first and waits long (its store connects retry until
+    rank 0 listens); rank 0 starts once rank 1 has imported torch, so rank 1 is inside the
+    rendezvous before rank 0's 10 s wait begins, however slowly a loaded machine imports torch.
+    Rank 1 then fails when rank 0, the store, gives up and exits."""
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, DDP, "--rdzv-timeout", "5"],
-                              env=clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(r), WORLD_SIZE="3"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-    outs = [p.communicate(timeout=90)[0] for p in procs]
-    for p, text in zip(procs, outs):
+
+    def start(rank, timeout, *pre):
+        return subprocess.Popen([sys.executable, *pre, DDP, "--rdzv-timeout", str(timeout)],
+                                env=clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank),
+                                              WORLD_SIZE="3"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    p1 = start(1, 60, "-c", AFTER_TORCH_IMPORT)
+    p0 = None
+    lines1: list[str] = []
+    imported = threading.Event()
+
+    def read1():
+        for line in p1.stdout:
+            lines1.append(line)
+            if line.startswith("test: torch imported"):
+                imported.set()
+        imported.set()  # EOF: the process ended
+
+    reader = threading.Thread(target=read1, daemon=True)
+    reader.start()
+    try:
+        assert imported.wait(120) and p1.poll() is None, "rank 1 did not start: " + "".join(lines1)[-3000:]
+        p0 = start(0, 10)
+        out0 = p0.communicate(timeout=90)[0]
+        p1.wait(timeout=90)
+        reader.join(timeout=10)
+    finally:
+        for p in (p0, p1):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    outs = [out0, "".join(lines1)]
+    for p, text in zip((p0, p1), outs):
         assert p.returncode == 2, text[-3000:]
         recs = [r for r in extract_records(text) if r["kind"] == "error"]
         assert recs and recs[0]["stage"] == "rendezvous" and "waiting for 3 rank(s)" in recs[0]["message"]
-    assert "2/3 clients joined" in outs[0]
+    assert "2/3 clients joined" in outs[0], outs[0][-3000:]
 
 
 def test_torchrun_missing_node_fails_clearly():

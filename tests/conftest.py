@@ -4,12 +4,16 @@ lab_fixtures.py and are imported here so that every test folder can use them."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# tests/kube/lab_support.py: the Kubernetes test helpers (the API server restart, waiting for a
+# webhook to take effect), imported by tests/kube, tests/lab and tests/kubeflow.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "kube"))
 
 
 def shared_dir() -> Path | None:

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import lab_support  # noqa: E402
-from lab_support import lab_nodes, start_cluster  # noqa: E402
+import lab_support  # on sys.path by tests/conftest.py
+from lab_support import lab_nodes, start_cluster
 
 SUFFIX = uuid.uuid4().hex[:6]
 TEST_LABEL = "mlplat.io/test"

@@ -11,14 +11,10 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-# lab_support (tests/kube): wait_webhook_active, shared with the kube tests
-if str(Path(__file__).resolve().parents[1] / "kube") not in sys.path:
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "kube"))
-from lab_support import wait_webhook_active  # noqa: E402
+from lab_support import wait_webhook_active  # tests/kube (tests/conftest.py)
 
 pytestmark = [pytest.mark.lab_cluster, pytest.mark.slow]
 

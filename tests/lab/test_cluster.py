@@ -26,10 +26,7 @@ import pytest
 
 from mlplat.lab import build, cluster
 
-# lab_support (tests/kube): wait_webhook_active, shared with the kube tests
-if str(Path(__file__).resolve().parents[1] / "kube") not in sys.path:
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "kube"))
-from lab_support import wait_webhook_active  # noqa: E402
+from lab_support import wait_webhook_active  # tests/kube (tests/conftest.py)
 
 SUFFIX = uuid.uuid4().hex[:6]
 NODES = [

@@ -358,6 +358,7 @@ def join() -> Table:
         rows = [skipped(ALL, step, "a single-host cluster: nothing to join")]
     if rows is None:
         pool = _pool(ctx)
+        first = kubeadm.first_control_plane(p).name
         if not ctx.apply:
             rows = run_steps(pool, kubeadm.join_plan(p), False, step)
         else:
@@ -372,16 +373,16 @@ def join() -> Table:
                     try:
                         info = kubeadm.parse_join_command(captured["join"])
                     except kubeadm.JoinParseError as e:
-                        rows.append(failed(kubeadm.first_control_plane(p).name, step, str(e)))
+                        rows.append(failed(first, step, str(e)))
                         info = None
                     if info:
                         register_secret(info.token)
                         key = None
-                        try:
-                            key = kubeadm.parse_certificate_key(captured["certificate_key"]) \
-                                if "certificate_key" in captured else None
-                        except kubeadm.JoinParseError as e:
-                            rows.append(failed(kubeadm.first_control_plane(p).name, step, str(e)))
+                        if "certificate_key" in captured:
+                            try:
+                                key = kubeadm.parse_certificate_key(captured["certificate_key"])
+                            except kubeadm.JoinParseError as e:
+                                rows.append(failed(first, step, str(e)))
                         if key:
                             register_secret(key)
                         plan = [s for s in kubeadm.join_plan(p, info, key) if s.host in todo]
@@ -391,9 +392,8 @@ def join() -> Table:
                         cps = [s for s in plan if ROLE_CONTROL_PLANE in p.host(s.host).roles]
                         for s_ in cps:
                             if not key:
-                                rows.append(failed(s_.host, step, "not joined: no certificate key (kubeadm init "
-                                                   "phase upload-certs failed on "
-                                                   f"{kubeadm.first_control_plane(p).name}, see the token rows)"))
+                                rows.append(failed(s_.host, step, "not joined: no certificate key (kubeadm init phase "
+                                                   f"upload-certs failed on {first}, see the token rows)"))
                                 continue
                             rows += run_steps(pool, [s_], True, step)
                         rows += run_steps(pool, [s_ for s_ in plan if s_ not in cps], True, step)
